@@ -1,0 +1,148 @@
+"""The tiny model's architecture and its short, seeded causal-LM training run on CPU."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from tokenizers import Tokenizer
+from tqdm import tqdm
+from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+MAX_POSITIONS = 2048
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimiser and batch shape, sized for about 80 s of training on 2 idle cores."""
+
+    batch_size: int = 16
+    seq_len: int = 128
+    peak_lr: float = 3e-3
+    final_lr_fraction: float = 0.1
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    # Torch's intra-op threads; results are reproducible for a fixed thread count.
+    num_threads: int = min(2, os.cpu_count() or 1)
+
+
+def tiny_config(vocab_size: int, *, eos_token_id: int, pad_token_id: int) -> Qwen3MoeConfig:
+    """Qwen3-MoE at toy scale: 4 layers, 8 experts with top-2 routing in every layer."""
+    return Qwen3MoeConfig(
+        vocab_size=vocab_size,
+        hidden_size=256,
+        intermediate_size=512,  # unused: every layer is sparse (mlp_only_layers is empty)
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        num_experts=8,
+        num_experts_per_tok=2,
+        norm_topk_prob=True,
+        moe_intermediate_size=256,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        max_position_embeddings=MAX_POSITIONS,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        tie_word_embeddings=True,
+        # Ten times Qwen3's default, so the short run still spreads tokens over all experts.
+        router_aux_loss_coef=0.01,
+        bos_token_id=None,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        dtype="float32",
+    )
+
+
+def token_stream(texts: Sequence[str], tokenizer: Tokenizer, *, seed: int) -> torch.Tensor:
+    """All training texts, shuffled by `seed` and concatenated into one 1-D id tensor."""
+    order = list(texts)
+    random.Random(seed).shuffle(order)
+    ids = [i for encoding in tokenizer.encode_batch(order) for i in encoding.ids]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def train(
+    config: Qwen3MoeConfig,
+    tokens: torch.Tensor,
+    *,
+    steps: int,
+    seed: int,
+    settings: TrainSettings = TrainSettings(),
+    progress: bool = True,
+) -> Qwen3MoeForCausalLM:
+    """Initialise the model from `seed` and train it for `steps` AdamW steps on random windows.
+
+    Loss is next-token cross-entropy plus the router load-balancing term. The caller's global
+    RNG and thread count are left as they were.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    window = settings.seq_len
+    if tokens.numel() <= window:
+        raise ValueError(f"corpus of {tokens.numel()} tokens is shorter than one window")
+
+    with _seeded(seed), _threads(settings.num_threads):
+        model = Qwen3MoeForCausalLM(config)
+        model.train()
+        optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=settings.peak_lr,
+            betas=(0.9, 0.95),
+            weight_decay=settings.weight_decay,
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(steps, settings))
+        generator = torch.Generator().manual_seed(seed)
+        bar = tqdm(range(steps), desc="training", unit="step", disable=not progress)
+        for _ in bar:
+            starts = torch.randint(
+                0, tokens.numel() - window, (settings.batch_size,), generator=generator
+            )
+            batch = torch.stack([tokens[s : s + window] for s in starts.tolist()])
+            out = model(input_ids=batch, labels=batch, output_router_logits=True, use_cache=False)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar.set_postfix(loss=f"{out.loss.item():.3f}", aux=f"{out.aux_loss.item():.3f}")
+        model.eval()
+    return model
+
+
+def _lr_lambda(steps: int, settings: TrainSettings):
+    # Linear warm-up, then cosine decay to a floor: the usual recipe, stable at a high peak rate.
+    warmup = max(1, int(steps * settings.warmup_fraction))
+    floor = settings.final_lr_fraction
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    # fork_rng restores the global torch RNG afterwards, so building never perturbs the caller.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

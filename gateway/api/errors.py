@@ -1,0 +1,121 @@
+"""Every failure leaves as OpenAI's `{"error": {"message", "type", "param", "code"}}` body.
+
+`gateway.errors` says which status and code each failure has; this module renders them, and maps
+what the frameworks raise on their own (unknown routes, wrong methods, body parse errors) onto
+the same shapes. Nothing here returns FastAPI's default error body.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound
+from gateway.protocol import ErrorInfo, ErrorResponse
+
+
+def error_body(exc: GatewayError) -> bytes:
+    """The JSON body for `exc`."""
+    body = ErrorResponse(
+        error=ErrorInfo(message=exc.message, type=exc.type, param=exc.param, code=exc.code)
+    )
+    return body.model_dump_json().encode()
+
+
+def error_response(exc: GatewayError) -> Response:
+    """A complete HTTP response for `exc`."""
+    return Response(error_body(exc), status_code=exc.status, media_type="application/json")
+
+
+def invalid_body(exc: ValidationError, body: bytes) -> InvalidRequest:
+    """The 400 for a body that does not parse into its request model, naming the parameter."""
+    error = exc.errors(include_url=False)[0]
+    kind = error["type"]
+    if kind == "json_invalid":
+        return InvalidRequest(
+            f"We could not parse the JSON body of your request: {error['msg']}.",
+            code="invalid_json",
+        )
+    if kind == "model_type" and not error["loc"]:
+        return InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    param = _param(error["loc"], body, include_last=kind == "missing")
+    if kind == "missing":
+        return InvalidRequest(
+            f"Missing required parameter: '{param}'.",
+            param=param,
+            code="missing_required_parameter",
+        )
+    if kind.endswith("_type") or kind in ("model_attributes_type", "union_tag_invalid"):
+        return InvalidRequest(
+            f"Invalid type for '{param}': {error['msg'].lower()}.", param=param, code="invalid_type"
+        )
+    return InvalidRequest(f"Invalid value for '{param}': {error['msg']}.", param=param)
+
+
+def install(app: FastAPI) -> None:
+    """Route framework-raised errors through the OpenAI error shape."""
+
+    async def on_gateway_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return error_response(exc)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            return error_response(NotFound(f"Unknown route: {request.method} {request.url.path}"))
+        if exc.status_code == 405:
+            response = error_response(
+                MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}")
+            )
+            response.headers.update(exc.headers or {})
+            return response
+        error = GatewayError(HTTPStatus(exc.status_code).phrase)
+        error.status = exc.status_code
+        return error_response(error)
+
+    async def on_request_validation(_: Request, exc: Exception) -> Response:
+        # Only path and query parameters get here: bodies are parsed by the routes themselves.
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return error_response(InvalidRequest(str(first.get("msg", "invalid request")), param=param))
+
+    app.add_exception_handler(GatewayError, on_gateway_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_request_validation)
+
+
+def _param(loc: tuple[Any, ...], body: bytes, *, include_last: bool) -> str:
+    """`("messages", 0, "content", "str")` → `messages[0].content`.
+
+    Pydantic puts union member names into error locations; keeping only the steps that exist in
+    the submitted JSON drops them without a list of type names. Only runs for rejected bodies.
+    """
+    try:
+        node: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        node = None
+    steps: list[Any] = []
+    for i, step in enumerate(loc):
+        if _has(node, step):
+            node = node[step]
+        elif not (include_last and i == len(loc) - 1):
+            break
+        steps.append(step)
+    param = ""
+    for step in steps:
+        param += f"[{step}]" if isinstance(step, int) else (f".{step}" if param else step)
+    return param or "body"
+
+
+def _has(node: Any, step: Any) -> bool:
+    if isinstance(node, dict):
+        return isinstance(step, str) and step in node
+    return isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node)

@@ -1,0 +1,140 @@
+"""The HTTP routes: parse the body, hand it to the engine, return JSON or an event stream.
+
+Bodies are parsed here (pydantic's JSON parser, straight from bytes) rather than by FastAPI, so a
+malformed body is one of our 400s naming the parameter. Every route notices a client that hangs
+up: the engine's work is cancelled, and with it the Triton request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable
+from typing import TypeVar
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive
+
+from gateway.api import sse
+from gateway.api.errors import error_response, invalid_body
+from gateway.core.engine import LLMEngine
+from gateway.errors import UpstreamError, UpstreamUnavailable
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, HealthStatus, ModelList
+
+T = TypeVar("T")
+R = TypeVar("R", bound=BaseModel)
+
+# nginx's "client closed request": only ever seen in our access log.
+CLIENT_CLOSED = 499
+
+v1 = APIRouter(prefix="/v1")
+health = APIRouter(prefix="/health")
+
+
+@v1.get("/models")
+async def list_models(request: Request) -> Response:
+    """All served models."""
+    return _json(ModelList(data=_engine(request).models()))
+
+
+@v1.get("/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request) -> Response:
+    """One model, or 404 `model_not_found`."""
+    return _json(_engine(request).model(model_id))
+
+
+@v1.post("/chat/completions")
+async def create_chat_completion(request: Request) -> Response:
+    """OpenAI chat completions, streamed or not."""
+    body = await _parse(request, ChatCompletionRequest)
+    engine, request_id = _engine(request), request.state.request_id
+    if body.stream:
+        return await _stream(request, engine.chat_stream(body, request_id))
+    return await _respond(request, engine.chat(body, request_id))
+
+
+@v1.post("/completions")
+async def create_completion(request: Request) -> Response:
+    """OpenAI (legacy) text completions, streamed or not."""
+    body = await _parse(request, CompletionRequest)
+    engine, request_id = _engine(request), request.state.request_id
+    if body.stream:
+        return await _stream(request, engine.completion_stream(body, request_id))
+    return await _respond(request, engine.completion(body, request_id))
+
+
+@health.get("/live")
+async def live() -> Response:
+    """The process is up."""
+    return _json(HealthStatus(status="live"))
+
+
+@health.get("/ready")
+async def ready(request: Request) -> Response:
+    """A model is known and a Triton upstream is ready; 503 otherwise."""
+    if not _engine(request).ready():
+        return error_response(UpstreamUnavailable("No Triton upstream is ready."))
+    return _json(HealthStatus(status="ready"))
+
+
+def _engine(request: Request) -> LLMEngine:
+    return request.app.state.engine
+
+
+async def _parse(request: Request, model: type[R]) -> R:
+    body = await request.body()
+    try:
+        parsed = model.model_validate_json(body)
+    except ValidationError as exc:
+        raise invalid_body(exc, body) from None
+    request.state.model = getattr(parsed, "model", None)
+    request.state.stream = bool(getattr(parsed, "stream", False))
+    return parsed
+
+
+async def _respond(request: Request, work: Awaitable[BaseModel]) -> Response:
+    done, result = await _unless_disconnected(request.receive, work)
+    return _json(result) if done else Response(status_code=CLIENT_CLOSED)
+
+
+async def _stream(request: Request, chunks: AsyncGenerator[BaseModel, None]) -> Response:
+    # Wait for the first chunk before answering, so that anything failing before the first token
+    # (validation, context length, no upstream) still gets its proper status code.
+    try:
+        done, first = await _unless_disconnected(request.receive, anext(chunks))
+    except StopAsyncIteration:
+        raise UpstreamError("The upstream stream ended without output.") from None
+    if not done:
+        return Response(status_code=CLIENT_CLOSED)
+    return StreamingResponse(
+        sse.events(first, chunks), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS
+    )
+
+
+async def _unless_disconnected(receive: Receive, work: Awaitable[T]) -> tuple[bool, T]:
+    """Run `work` unless the client disconnects first, in which case it is cancelled."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnect(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        return False, None  # type: ignore[return-value]
+    return True, task.result()
+
+
+async def _disconnect(receive: Receive) -> None:
+    # The body has been read, so the next message can only be the disconnect.
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _json(model: BaseModel) -> Response:
+    return Response(model.__pydantic_serializer__.to_json(model), media_type="application/json")

@@ -1,0 +1,153 @@
+"""The `localmoe` command line: build models, run Triton, run the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway import paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `localmoe` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="localmoe", description=__doc__)
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    build = sub.add_parser("build", help="build a servable model")
+    build_sub = build.add_subparsers(metavar="WHAT")
+    tiny = build_sub.add_parser("tiny", help="generate the embedded tiny MoE checkpoint")
+    tiny.add_argument("--out", type=Path, default=paths.default_model_dir())
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--steps", type=int, default=None, help="training steps (default: built-in)")
+    tiny.add_argument("--force", action="store_true", help="rebuild even if present")
+    tiny.set_defaults(func=_cmd_build_tiny)
+    repo = build_sub.add_parser("repository", help="fill the Triton model repository templates")
+    repo.add_argument("--model-dir", type=Path, default=paths.default_model_dir())
+    repo.add_argument("--out", type=Path, default=paths.default_repository_dir())
+    repo.add_argument("--profile", choices=["cpu"], default="cpu")
+    repo.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a template value (repeatable)",
+    )
+    repo.set_defaults(func=_cmd_build_repository)
+
+    triton = sub.add_parser("triton", help="run a real tritonserver in the foreground")
+    triton.add_argument(
+        "--model-repository",
+        type=Path,
+        default=None,
+        help="default: fill the CPU repository for the tiny model",
+    )
+    triton.add_argument("--host", default="127.0.0.1")
+    triton.add_argument("--http-port", type=int, default=8000)
+    triton.add_argument("--grpc-port", type=int, default=8001)
+    triton.add_argument("--metrics-port", type=int, default=8002)
+    triton.add_argument("--log-verbose", type=int, default=0)
+    triton.set_defaults(func=_cmd_triton)
+
+    serve = sub.add_parser("serve", help="run the OpenAI-compatible gateway in front of Triton")
+    serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="HTTP port (default 8080)")
+    serve.add_argument(
+        "--triton-url",
+        action="append",
+        default=None,
+        metavar="HOST:GRPC_PORT",
+        help="a Triton gRPC endpoint (repeatable: round robin; default 127.0.0.1:8001)",
+    )
+    serve.add_argument("--config", type=Path, default=None, help="YAML settings file")
+    serve.set_defaults(func=_cmd_serve)
+
+    up = sub.add_parser("up", help="build the tiny model if needed, start Triton and the gateway")
+    up.add_argument("--host", default=None, help="gateway bind address (default 127.0.0.1)")
+    up.add_argument("--port", type=int, default=None, help="gateway HTTP port (default 8080)")
+    up.add_argument("--config", type=Path, default=None, help="YAML settings file")
+    up.set_defaults(func=_cmd_up)
+    return parser
+
+
+def _cmd_build_tiny(args: argparse.Namespace) -> int:
+    from build.tiny import build_tiny_model
+
+    if args.out.exists() and not args.force:
+        print(f"model already present at {args.out} (use --force to rebuild)")
+        return 0
+    build_tiny_model(args.out, seed=args.seed, steps=args.steps)
+    print(f"tiny MoE model written to {args.out}")
+    return 0
+
+
+def _cmd_build_repository(args: argparse.Namespace) -> int:
+    from gateway.repository import fill_repository
+
+    overrides = dict(item.split("=", 1) for item in args.set)
+    out = fill_repository(
+        args.out, model_dir=args.model_dir, profile=args.profile, overrides=overrides
+    )
+    print(f"model repository written to {out}")
+    return 0
+
+
+def _cmd_triton(args: argparse.Namespace) -> int:
+    from gateway.launcher import TritonProcess, TritonStartError
+    from gateway.repository import ensure_default_repository
+
+    repository = args.model_repository or ensure_default_repository()
+    server = TritonProcess(
+        repository,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        log_verbose=args.log_verbose,
+        log_to_console=True,
+    )
+    try:
+        server.start()
+    except TritonStartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"triton ready: grpc {server.grpc_url}  http {server.http_url}  "
+        f"metrics {server.metrics_url}",
+        flush=True,
+    )
+    return server.wait()
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.server import serve
+    from gateway.settings import load_settings
+
+    settings = load_settings(
+        args.config, host=args.host, port=args.port, triton_urls=args.triton_url
+    )
+    return serve(settings)
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from gateway.server import up
+    from gateway.settings import load_settings
+
+    return up(load_settings(args.config, host=args.host, port=args.port))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,417 @@
+"""The OpenAI engine: one method per endpoint, OpenAI objects in and out, no HTTP and no tensors.
+
+A request goes: validation → (chat template) → prompt token count and context check → one backend
+generation per prompt and per `n` → OpenAI response, or chunks as the deltas arrive. Non-streaming
+answers aggregate the very same delta streams. Issue 4's response cache sits between the context
+check and the backend call; auth and rate limits stay in the HTTP layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway import protocol
+from gateway.core import validation
+from gateway.core.models import Catalogue, ServedModel
+from gateway.errors import InvalidRequest, UpstreamError
+from gateway.generation import Backend, Delta, GenerationRequest, SamplingParams
+from gateway.protocol import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+)
+from gateway.settings import Settings
+
+
+class LLMEngine(Protocol):
+    """What the HTTP layer needs from an engine."""
+
+    def ready(self) -> bool:
+        """True when requests can be served now (a model is known and an upstream is ready)."""
+        ...
+
+    def models(self) -> list[protocol.Model]:
+        """The `/v1/models` entries."""
+        ...
+
+    def model(self, model_id: str) -> protocol.Model:
+        """One model's entry, or `ModelNotFound`."""
+        ...
+
+    async def chat(self, request: ChatCompletionRequest, request_id: str) -> ChatCompletionResponse:
+        """A whole chat completion."""
+        ...
+
+    def chat_stream(
+        self, request: ChatCompletionRequest, request_id: str
+    ) -> AsyncGenerator[ChatCompletionChunk, None]:
+        """Chat completion chunks; the first one is yielded once the upstream has answered."""
+        ...
+
+    async def completion(self, request: CompletionRequest, request_id: str) -> CompletionResponse:
+        """A whole text completion."""
+        ...
+
+    def completion_stream(
+        self, request: CompletionRequest, request_id: str
+    ) -> AsyncGenerator[CompletionResponse, None]:
+        """Text completion chunks; the first one is yielded once the upstream has answered."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """A validated request, ready for the backend."""
+
+    model: ServedModel
+    prompts: list[str]
+    prompt_tokens: list[int]
+    params: SamplingParams
+    n: int
+    include_usage: bool
+
+
+@dataclass(slots=True)
+class _Choice:
+    """What one generation produced, accumulated from its deltas."""
+
+    seen: bool = False
+    text: list[str] = dataclasses.field(default_factory=list)
+    logprobs: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    finish_reason: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int = 0
+
+    def add(self, delta: Delta) -> None:
+        self.seen = True
+        if delta.text:
+            self.text.append(delta.text)
+        if delta.logprobs:
+            self.logprobs.extend(_token_logprobs(delta))
+        if delta.num_input_tokens is not None:
+            self.input_tokens = delta.num_input_tokens
+        if delta.num_output_tokens is not None:
+            self.output_tokens = delta.num_output_tokens
+        if delta.finish_reason is not None:
+            self.finish_reason = _finish_reason(delta.finish_reason)
+
+
+class Engine:
+    """`LLMEngine` on top of a models catalogue and a generation backend (Triton)."""
+
+    def __init__(self, settings: Settings, catalogue: Catalogue, backend: Backend):
+        self._settings = settings
+        self.catalogue = catalogue
+        self.backend = backend
+
+    def ready(self) -> bool:
+        """True when a model is known and an upstream is ready."""
+        return bool(self.catalogue.all()) and self.backend.ready()
+
+    def models(self) -> list[protocol.Model]:
+        """The `/v1/models` entries."""
+        return [model.card() for model in self.catalogue.all()]
+
+    def model(self, model_id: str) -> protocol.Model:
+        """One model's entry, or `ModelNotFound`."""
+        return self.catalogue.get(model_id).card()
+
+    async def chat(self, request: ChatCompletionRequest, request_id: str) -> ChatCompletionResponse:
+        """A whole chat completion."""
+        job = await self._prepare_chat(request)
+        results = await self._collect_all(job, request_id)
+        return ChatCompletionResponse(
+            id=_new_id("chatcmpl"),
+            created=int(time.time()),
+            model=job.model.id,
+            choices=[
+                protocol.ChatCompletionChoice(
+                    index=index,
+                    message=protocol.ChatCompletionMessage(content="".join(result.text)),
+                    logprobs=_chat_logprobs(result.logprobs) if job.params.logprobs else None,
+                    finish_reason=result.finish_reason,
+                )
+                for index, result in enumerate(results)
+            ],
+            usage=_usage(job, results),
+        )
+
+    async def chat_stream(
+        self, request: ChatCompletionRequest, request_id: str
+    ) -> AsyncGenerator[ChatCompletionChunk, None]:
+        """Role chunk, content chunks and one finish chunk per choice, then usage if asked."""
+        job = await self._prepare_chat(request)
+        chunk_id, created, model_id = _new_id("chatcmpl"), int(time.time()), job.model.id
+
+        def chunk(
+            index: int,
+            delta: protocol.DeltaMessage,
+            finish_reason: str | None = None,
+            logprobs: protocol.ChoiceLogprobs | None = None,
+        ) -> ChatCompletionChunk:
+            choice = protocol.ChatCompletionStreamChoice(
+                index=index, delta=delta, logprobs=logprobs, finish_reason=finish_reason
+            )
+            return ChatCompletionChunk(
+                id=chunk_id, created=created, model=model_id, choices=[choice]
+            )
+
+        choices = [_Choice() for _ in range(len(job.prompts) * job.n)]
+        async for index, delta in self._deltas(job, request_id):
+            choice = choices[index]
+            if not choice.seen:
+                yield chunk(index, protocol.DeltaMessage(role="assistant", content=""))
+            choice.add(delta)
+            if delta.text or (job.params.logprobs and delta.logprobs):
+                logprobs = None
+                if job.params.logprobs:
+                    logprobs = _chat_logprobs(_token_logprobs(delta))
+                yield chunk(index, protocol.DeltaMessage(content=delta.text), logprobs=logprobs)
+            if choice.finish_reason is not None:
+                yield chunk(index, protocol.DeltaMessage(), finish_reason=choice.finish_reason)
+        if job.include_usage:
+            yield ChatCompletionChunk(
+                id=chunk_id, created=created, model=model_id, choices=[], usage=_usage(job, choices)
+            )
+
+    async def completion(self, request: CompletionRequest, request_id: str) -> CompletionResponse:
+        """A whole text completion; choice `i*n + k` is sample `k` of prompt `i`."""
+        job = await self._prepare_completion(request)
+        results = await self._collect_all(job, request_id)
+        choices = []
+        for index, result in enumerate(results):
+            prefix = job.prompts[index // job.n] if request.echo else ""
+            text = prefix + "".join(result.text)
+            logprobs = _completion_logprobs(result.logprobs, 0) if job.params.logprobs else None
+            choices.append(
+                protocol.CompletionChoice(
+                    index=index, text=text, logprobs=logprobs, finish_reason=result.finish_reason
+                )
+            )
+        return CompletionResponse(
+            id=_new_id("cmpl"),
+            created=int(time.time()),
+            model=job.model.id,
+            choices=choices,
+            usage=_usage(job, results),
+        )
+
+    async def completion_stream(
+        self, request: CompletionRequest, request_id: str
+    ) -> AsyncGenerator[CompletionResponse, None]:
+        """Text chunks and one finish chunk per choice, then usage if asked."""
+        job = await self._prepare_completion(request)
+        chunk_id, created, model_id = _new_id("cmpl"), int(time.time()), job.model.id
+
+        def chunk(
+            index: int,
+            text: str,
+            finish_reason: str | None = None,
+            logprobs: protocol.CompletionLogprobs | None = None,
+        ) -> CompletionResponse:
+            choice = protocol.CompletionChoice(
+                index=index, text=text, logprobs=logprobs, finish_reason=finish_reason
+            )
+            return CompletionResponse(
+                id=chunk_id, created=created, model=model_id, choices=[choice]
+            )
+
+        choices = [_Choice() for _ in range(len(job.prompts) * job.n)]
+        offsets = [0] * len(choices)
+        async for index, delta in self._deltas(job, request_id):
+            choice = choices[index]
+            if request.echo and not choice.seen:
+                prompt = job.prompts[index // job.n]
+                offsets[index] = len(prompt)
+                yield chunk(index, prompt)
+            choice.add(delta)
+            if delta.text or (job.params.logprobs and delta.logprobs):
+                logprobs = None
+                if job.params.logprobs:
+                    logprobs = _completion_logprobs(_token_logprobs(delta), offsets[index])
+                offsets[index] += len(delta.text)
+                yield chunk(index, delta.text, logprobs=logprobs)
+            if choice.finish_reason is not None:
+                yield chunk(index, "", finish_reason=choice.finish_reason)
+        if job.include_usage:
+            yield CompletionResponse(
+                id=chunk_id, created=created, model=model_id, choices=[], usage=_usage(job, choices)
+            )
+
+    async def _prepare_chat(self, request: ChatCompletionRequest) -> _Job:
+        validation.check_chat(request, self._settings)
+        model = self.catalogue.get(request.model)
+        if model.chat_template is None:
+            raise InvalidRequest(
+                f"Model '{model.id}' has no chat template; use /v1/completions.", param="model"
+            )
+        prompt = model.chat_template.render(validation.chat_messages(request), tools=request.tools)
+        prompt_tokens = await model.tokenizer.count_async(prompt, add_special_tokens=False)
+        max_tokens = validation.fit_context(
+            model.context_length,
+            prompt_tokens,
+            validation.requested_max_tokens(request),
+            param="messages",
+        )
+        return _Job(
+            model=model,
+            prompts=[prompt],
+            prompt_tokens=[prompt_tokens],
+            params=validation.sampling_params(request, max_tokens, logprobs=bool(request.logprobs)),
+            n=request.n or 1,
+            include_usage=_include_usage(request),
+        )
+
+    async def _prepare_completion(self, request: CompletionRequest) -> _Job:
+        validation.check_completion(request, self._settings)
+        model = self.catalogue.get(request.model)
+        prompts = [request.prompt] if isinstance(request.prompt, str) else list(request.prompt)
+        counts = [await model.tokenizer.count_async(p, add_special_tokens=True) for p in prompts]
+        requested = validation.requested_max_tokens(request)
+        # One budget for all prompts, as the request has one max_tokens: the longest prompt decides.
+        max_tokens = validation.fit_context(
+            model.context_length, max(counts), requested, param="prompt"
+        )
+        return _Job(
+            model=model,
+            prompts=prompts,
+            prompt_tokens=counts,
+            params=validation.sampling_params(
+                request, max_tokens, logprobs=request.logprobs is not None
+            ),
+            n=request.n or 1,
+            include_usage=_include_usage(request),
+        )
+
+    def _generations(self, job: _Job, request_id: str) -> list[AsyncGenerator[Delta, None]]:
+        streams: list[AsyncGenerator[Delta, None]] = []
+        several = len(job.prompts) * job.n > 1
+        for prompt in job.prompts:
+            for k in range(job.n):
+                params = job.params
+                if k and params.seed is not None:  # n samples with one seed must still differ
+                    params = dataclasses.replace(params, seed=params.seed + k)
+                sub_id = f"{request_id}-{len(streams)}" if several else request_id
+                streams.append(
+                    self.backend.generate(
+                        job.model.route, GenerationRequest(prompt, params, sub_id)
+                    )
+                )
+        return streams
+
+    def _deltas(self, job: _Job, request_id: str) -> AsyncGenerator[tuple[int, Delta], None]:
+        return _merge(self._generations(job, request_id))
+
+    async def _collect_all(self, job: _Job, request_id: str) -> list[_Choice]:
+        choices = [_Choice() for _ in range(len(job.prompts) * job.n)]
+        async for index, delta in self._deltas(job, request_id):
+            choices[index].add(delta)
+        return choices
+
+
+async def _merge(
+    streams: Sequence[AsyncGenerator[Delta, None]],
+) -> AsyncGenerator[tuple[int, Delta], None]:
+    """Interleave several delta streams as their deltas arrive, tagged with the stream's index."""
+    if len(streams) == 1:
+        async with aclosing(streams[0]) as only:
+            async for delta in only:
+                yield 0, delta
+        return
+    queue: asyncio.Queue[tuple[int, Delta | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncGenerator[Delta, None]) -> None:
+        try:
+            async with aclosing(stream):
+                async for delta in stream:
+                    queue.put_nowait((index, delta))
+        except Exception as exc:
+            queue.put_nowait((index, exc))
+        else:
+            queue.put_nowait((index, None))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            index, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _include_usage(request: ChatCompletionRequest | CompletionRequest) -> bool:
+    options = request.stream_options
+    return bool(request.stream and options is not None and options.include_usage)
+
+
+def _finish_reason(reason: str) -> str:
+    if reason in ("stop", "length"):
+        return reason
+    if reason == "cancelled":
+        raise UpstreamError("The generation was cancelled by the server.")
+    return "stop"
+
+
+def _usage(job: _Job, choices: Sequence[_Choice]) -> protocol.Usage:
+    # Prompt tokens count once per prompt (not per sample); Triton's own count wins over ours.
+    prompt_tokens = 0
+    for i, counted in enumerate(job.prompt_tokens):
+        reported = choices[i * job.n].input_tokens
+        prompt_tokens += counted if reported is None else reported
+    completion_tokens = sum(c.output_tokens for c in choices)
+    return protocol.Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
+
+
+def _token_logprobs(delta: Delta) -> list[tuple[str, float]]:
+    # Triton gives the logprobs of the delta's tokens but not their strings: the first token
+    # carries the delta's text, so the tokens still concatenate to the generated text.
+    return [(delta.text if i == 0 else "", lp) for i, lp in enumerate(delta.logprobs or ())]
+
+
+def _chat_logprobs(tokens: list[tuple[str, float]]) -> protocol.ChoiceLogprobs:
+    return protocol.ChoiceLogprobs(
+        content=[
+            protocol.TokenLogprob(token=text, logprob=lp, bytes=list(text.encode()))
+            for text, lp in tokens
+        ]
+    )
+
+
+def _completion_logprobs(
+    tokens: list[tuple[str, float]], offset: int
+) -> protocol.CompletionLogprobs:
+    offsets = []
+    for text, _ in tokens:
+        offsets.append(offset)
+        offset += len(text)
+    return protocol.CompletionLogprobs(
+        tokens=[text for text, _ in tokens],
+        token_logprobs=[lp for _, lp in tokens],
+        top_logprobs=None,
+        text_offset=offsets,
+    )
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"

@@ -1,0 +1,170 @@
+"""The models catalogue: which OpenAI model ids exist, the Triton route behind each, and their
+tokenizer, chat template and context length.
+
+Entries come from the settings (`models:` in the YAML config); whatever they leave unset is read
+from the Triton model configs' `parameters` (`served_model_name`, `tokenizer_dir`) of the route,
+or of `preprocessing`, which NVIDIA's layout also gives the tokenizer location.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tritonclient.utils import InferenceServerException
+
+from gateway import protocol
+from gateway.core.chat_template import ChatTemplate, load_tokenizer_config
+from gateway.core.tokenizer import PromptTokenizer
+from gateway.errors import ModelNotFound, UpstreamUnavailable
+from gateway.settings import DEFAULT_ROUTE, ModelSettings, Settings
+from gateway.triton.client import TritonPool
+from gateway.triton.discovery import repository_models
+
+log = logging.getLogger("localmoe.models")
+
+_FALLBACK_ROUTE = "ensemble"
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+
+
+@dataclass(frozen=True, eq=False)
+class ServedModel:
+    """One OpenAI model id and everything needed to prepare its prompts."""
+
+    id: str
+    route: str
+    context_length: int
+    tokenizer: PromptTokenizer
+    chat_template: ChatTemplate | None
+    created: int
+
+    def card(self) -> protocol.Model:
+        """The model's `/v1/models` entry."""
+        return protocol.Model(id=self.id, created=self.created, max_model_len=self.context_length)
+
+
+class Catalogue:
+    """The served models by id. Filled at start-up and completed once Triton can be asked."""
+
+    def __init__(self, settings: Settings):
+        self._discover = settings.discover_models
+        self._pending: list[ModelSettings] = list(settings.models) or [ModelSettings()]
+        self._models: dict[str, ServedModel] = {}
+
+    def get(self, model_id: str) -> ServedModel:
+        """The model called `model_id`, or a 404 `model_not_found`."""
+        model = self._models.get(model_id)
+        if model is None:
+            raise ModelNotFound(model_id)
+        return model
+
+    def all(self) -> list[ServedModel]:
+        """Every served model, in configuration order."""
+        return list(self._models.values())
+
+    @property
+    def complete(self) -> bool:
+        """True when no configured entry is still waiting for Triton."""
+        return not self._pending
+
+    async def load_configured(self) -> None:
+        """Load the entries the settings describe fully; they need no Triton to be listed."""
+        waiting = []
+        for entry in self._pending:
+            if entry.id and entry.tokenizer_dir:
+                await self._add(entry.id, entry.route, entry.tokenizer_dir, entry.context_length)
+            elif self._discover:
+                waiting.append(entry)
+            else:
+                log.error("model entry %s lacks id or tokenizer_dir and discovery is off", entry)
+        self._pending = waiting
+
+    async def discover(self, repository: dict[str, dict[str, str]]) -> None:
+        """Complete the pending entries from Triton's loaded models and their parameters."""
+        waiting = []
+        for entry in self._pending:
+            route = entry.route
+            if route == DEFAULT_ROUTE and route not in repository and _FALLBACK_ROUTE in repository:
+                route = _FALLBACK_ROUTE
+            if route not in repository:
+                log.warning("route %s is not loaded on Triton yet", route)
+                waiting.append(entry)
+                continue
+            params = {**repository.get("preprocessing", {}), **_non_empty(repository[route])}
+            model_id = entry.id or params.get("served_model_name") or route
+            tokenizer_dir = entry.tokenizer_dir or params.get("tokenizer_dir")
+            if not tokenizer_dir:
+                log.error(
+                    "route %s has no tokenizer_dir parameter; set models[].tokenizer_dir", route
+                )
+                continue
+            await self._add(model_id, route, Path(tokenizer_dir), entry.context_length)
+        self._pending = waiting
+
+    async def _add(
+        self, model_id: str, route: str, tokenizer_dir: Path, context_length: int | None
+    ) -> None:
+        try:
+            model = await asyncio.to_thread(
+                load_model, model_id, route, tokenizer_dir, context_length
+            )
+        except (OSError, ValueError) as exc:
+            log.error("cannot serve model %s from %s: %s", model_id, tokenizer_dir, exc)
+            return
+        self._models[model.id] = model
+        log.info(
+            "serving model %s on route %s (context %d tokens, chat template: %s)",
+            model.id,
+            model.route,
+            model.context_length,
+            model.chat_template is not None,
+        )
+
+
+def load_model(
+    model_id: str, route: str, tokenizer_dir: Path, context_length: int | None = None
+) -> ServedModel:
+    """Read a model's tokenizer, chat template and context length from its folder (blocking)."""
+    return ServedModel(
+        id=model_id,
+        route=route,
+        context_length=context_length or _context_length(tokenizer_dir),
+        tokenizer=PromptTokenizer.from_dir(tokenizer_dir),
+        chat_template=ChatTemplate.from_dir(tokenizer_dir),
+        created=int(time.time()),
+    )
+
+
+def _context_length(model_dir: Path) -> int:
+    config_path = Path(model_dir) / "config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        for section in (config, config.get("text_config") or {}):
+            for key in _CONTEXT_KEYS:
+                if isinstance(section.get(key), int):
+                    return section[key]
+    limit = load_tokenizer_config(model_dir).get("model_max_length")
+    if isinstance(limit, int) and limit < 10**8:  # HF writes 1e30 for "no limit"
+        return limit
+    raise ValueError(f"cannot tell the context length of {model_dir}; set models[].context_length")
+
+
+def _non_empty(params: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in params.items() if v}
+
+
+async def keep_discovering(catalogue: Catalogue, pool: TritonPool, interval_s: float) -> None:
+    """Complete the catalogue from Triton, retrying until every entry is resolved."""
+    while not catalogue.complete:
+        if pool.ready():
+            try:
+                await catalogue.discover(await repository_models(pool.ready_client()))
+            except (InferenceServerException, UpstreamUnavailable) as exc:
+                log.warning("model discovery failed, will retry: %s", exc)
+        if catalogue.complete:
+            return
+        await asyncio.sleep(interval_s)

@@ -1,0 +1,217 @@
+"""Validation: one stage, before any template or Triton work, that rejects a request with a 400
+naming the parameter and the reason; then the mapping of what passed to `SamplingParams`.
+
+Types were already enforced when the body was parsed (`gateway.protocol`); this checks values,
+combinations, and what this engine cannot do (rather than silently ignoring it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from gateway.errors import ContextLengthExceeded, InvalidRequest
+from gateway.generation import SamplingParams
+from gateway.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.settings import Settings
+
+_MAX_TOP_LOGPROBS = 20
+_MAX_COMPLETION_LOGPROBS = 5
+
+Request = ChatCompletionRequest | CompletionRequest
+
+
+def check_chat(request: ChatCompletionRequest, settings: Settings) -> None:
+    """Reject a chat request whose values this gateway cannot honour."""
+    if not request.messages:
+        raise InvalidRequest("'messages' must contain at least one message.", param="messages")
+    for i, message in enumerate(request.messages):
+        if isinstance(message.content, list):
+            for j, part in enumerate(message.content):
+                if part.type != "text" or part.text is None:
+                    raise InvalidRequest(
+                        f"Content parts of type '{part.type}' are not supported by this model; "
+                        "only 'text' parts are.",
+                        param=f"messages[{i}].content[{j}].type",
+                    )
+        elif message.content is None and message.role in ("system", "developer", "user"):
+            raise InvalidRequest(
+                f"A '{message.role}' message needs 'content'.", param=f"messages[{i}].content"
+            )
+    if request.max_completion_tokens is not None:
+        _at_least("max_completion_tokens", request.max_completion_tokens, 1)
+    if request.max_tokens is not None:
+        _at_least("max_tokens", request.max_tokens, 1)
+    if request.top_logprobs is not None:
+        _between("top_logprobs", request.top_logprobs, 0, _MAX_TOP_LOGPROBS)
+        if not request.logprobs:
+            raise InvalidRequest(
+                "'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs"
+            )
+        if request.top_logprobs > 0:
+            _unsupported(
+                "top_logprobs",
+                "this engine returns the sampled token's logprob only; use top_logprobs=0",
+            )
+    if request.response_format is not None and request.response_format.type != "text":
+        _unsupported("response_format", f"type '{request.response_format.type}'")
+    if request.tool_choice not in (None, "none", "auto"):
+        _unsupported("tool_choice", "this gateway does not parse tool calls")
+    _check_common(request, settings)
+
+
+def check_completion(request: CompletionRequest, settings: Settings) -> None:
+    """Reject a completion request whose values this gateway cannot honour."""
+    prompt = request.prompt
+    if isinstance(prompt, list):
+        if not prompt:
+            raise InvalidRequest("'prompt' must not be an empty list.", param="prompt")
+        if not isinstance(prompt[0], str):
+            _unsupported("prompt", "token-id prompts; send the prompt as text")
+    if request.max_tokens is not None:
+        _at_least("max_tokens", request.max_tokens, 1)
+    if request.logprobs is not None:
+        _between("logprobs", request.logprobs, 0, _MAX_COMPLETION_LOGPROBS)
+        if request.logprobs > 0:
+            _unsupported(
+                "logprobs", "this engine returns the sampled token's logprob only; use logprobs=0"
+            )
+        if request.echo:
+            _unsupported("echo", "echo together with logprobs (prompt logprobs)")
+    if request.suffix is not None:
+        _unsupported("suffix", "insertion (suffix) completions")
+    if request.best_of is not None and request.best_of != (request.n or 1):
+        _unsupported("best_of", "best_of other than n")
+    _check_common(request, settings)
+
+
+def chat_messages(request: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """The messages as the chat template expects them: content parts joined into one string."""
+    messages = []
+    for message in request.messages:
+        content = message.content
+        if isinstance(content, list):
+            content = "\n".join(part.text or "" for part in content)
+        entry: dict[str, Any] = {"role": message.role, "content": content}
+        if message.name is not None:
+            entry["name"] = message.name
+        if message.tool_calls is not None:
+            entry["tool_calls"] = message.tool_calls
+        if message.tool_call_id is not None:
+            entry["tool_call_id"] = message.tool_call_id
+        messages.append(entry)
+    return messages
+
+
+def requested_max_tokens(request: Request) -> int | None:
+    """The completion budget the client asked for, if any."""
+    if isinstance(request, ChatCompletionRequest) and request.max_completion_tokens is not None:
+        return request.max_completion_tokens
+    return request.max_tokens
+
+
+def fit_context(
+    context_length: int, prompt_tokens: int, max_tokens: int | None, *, param: str
+) -> int:
+    """The completion budget once the prompt is in the context, or 400 `context_length_exceeded`."""
+    room = context_length - prompt_tokens
+    if max_tokens is None:
+        if room < 1:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {context_length} tokens. "
+                f"However, your {param} resulted in {prompt_tokens} tokens. "
+                f"Please reduce the length of the {param}.",
+                param=param,
+            )
+        return room
+    if max_tokens > room:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {context_length} tokens. However, "
+            f"you requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {param}, "
+            f"{max_tokens} in the completion). Please reduce the length of the {param} or "
+            "completion.",
+            param=param,
+        )
+    return max_tokens
+
+
+def sampling_params(request: Request, max_tokens: int, *, logprobs: bool) -> SamplingParams:
+    """The engine-neutral sampling settings of a validated request."""
+    stop = request.stop
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if request.temperature is None else request.temperature,
+        top_p=1.0 if request.top_p is None else request.top_p,
+        top_k=None if request.top_k is None or request.top_k < 0 else request.top_k,
+        seed=request.seed,
+        presence_penalty=request.presence_penalty or 0.0,
+        frequency_penalty=request.frequency_penalty or 0.0,
+        repetition_penalty=request.repetition_penalty,
+        min_tokens=request.min_tokens,
+        ignore_eos=bool(request.ignore_eos),
+        stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
+        logprobs=logprobs,
+    )
+
+
+def _check_common(request: Request, settings: Settings) -> None:
+    if not request.model:
+        raise InvalidRequest("'model' must not be empty.", param="model")
+    if request.temperature is not None:
+        _between("temperature", request.temperature, 0.0, 2.0)
+    if request.top_p is not None and not 0.0 < request.top_p <= 1.0:
+        raise InvalidRequest(f"'top_p' must be in (0, 1], got {request.top_p}.", param="top_p")
+    if request.n is not None:
+        _between("n", request.n, 1, settings.max_n)
+    if request.top_k is not None:
+        _at_least("top_k", request.top_k, -1)
+    if request.seed is not None:
+        _between("seed", request.seed, -(1 << 63), (1 << 64) - 1)
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = getattr(request, name)
+        if value is not None:
+            _between(name, value, -2.0, 2.0)
+    if request.repetition_penalty is not None and request.repetition_penalty <= 0:
+        raise InvalidRequest("'repetition_penalty' must be positive.", param="repetition_penalty")
+    if request.min_tokens is not None:
+        _at_least("min_tokens", request.min_tokens, 0)
+        budget = requested_max_tokens(request)
+        if budget is not None and request.min_tokens > budget:
+            raise InvalidRequest(
+                f"'min_tokens' ({request.min_tokens}) must not exceed 'max_tokens' ({budget}).",
+                param="min_tokens",
+            )
+    _check_stop(request.stop, settings.max_stop)
+    if request.logit_bias:
+        _unsupported("logit_bias", "logit bias")
+    if request.stream_options is not None and not request.stream:
+        raise InvalidRequest(
+            "'stream_options' is only allowed when 'stream' is true.", param="stream_options"
+        )
+
+
+def _check_stop(stop: str | list[str] | None, max_stop: int) -> None:
+    if stop is None:
+        return
+    sequences = [stop] if isinstance(stop, str) else stop
+    if len(sequences) > max_stop:
+        raise InvalidRequest(
+            f"'stop' accepts at most {max_stop} sequences, got {len(sequences)}.", param="stop"
+        )
+    if any(s == "" for s in sequences):
+        raise InvalidRequest("'stop' sequences must not be empty strings.", param="stop")
+
+
+def _at_least(name: str, value: float, low: float) -> None:
+    if value < low:
+        raise InvalidRequest(f"'{name}' must be at least {low}, got {value}.", param=name)
+
+
+def _between(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise InvalidRequest(f"'{name}' must be between {low} and {high}, got {value}.", param=name)
+
+
+def _unsupported(name: str, what: str) -> NoReturn:
+    raise InvalidRequest(
+        f"'{name}' is not supported: {what}.", param=name, code="unsupported_value"
+    )

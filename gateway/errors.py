@@ -1,0 +1,85 @@
+"""Every failure the gateway reports, with its OpenAI status, type and code.
+
+Lower layers raise these; `gateway.api.errors` turns them (and anything else) into OpenAI's
+`{"error": {"message", "type", "param", "code"}}` body. Nothing else decides a status code.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """A failure with an OpenAI error shape. Subclasses fix status, type and code."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(GatewayError):
+    """The request is malformed or a parameter is out of range (400)."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_value"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    """The prompt (plus the requested completion) does not fit the model's context (400)."""
+
+    code = "context_length_exceeded"
+
+
+class ModelNotFound(GatewayError):
+    """The model does not exist, or the caller may not see it (404)."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+    def __init__(self, model: str):
+        super().__init__(f"The model '{model}' does not exist.", param="model")
+
+
+class NotFound(GatewayError):
+    """No such route (404)."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    """The route exists but not for this HTTP method (405)."""
+
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class RequestTooLarge(GatewayError):
+    """The request body is over the configured limit (413)."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UpstreamError(GatewayError):
+    """Triton answered with an error for this request (502)."""
+
+    status = 502
+    code = "upstream_error"
+
+
+class UpstreamUnavailable(GatewayError):
+    """No Triton upstream is ready, or the model is not loaded there (503)."""
+
+    status = 503
+    code = "upstream_unavailable"

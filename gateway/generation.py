@@ -1,0 +1,62 @@
+"""What the OpenAI layer asks of an inference backend, and what streams back: no HTTP, no tensors.
+
+`gateway.core` fills a `GenerationRequest` from a validated OpenAI request; a backend
+(`gateway.triton.backend`) turns it into a route's tensors and yields `Delta`s until one carries a
+`finish_reason`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Engine-neutral sampling settings; defaults mean "not requested"."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float | None = None
+    min_tokens: int | None = None
+    ignore_eos: bool = False
+    stop: tuple[str, ...] = ()
+    logprobs: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One prompt, one sample."""
+
+    prompt: str
+    params: SamplingParams
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """The text generated since the previous delta; the last one has a `finish_reason`."""
+
+    text: str
+    finish_reason: str | None = None
+    num_input_tokens: int | None = None
+    num_output_tokens: int | None = None
+    logprobs: tuple[float, ...] | None = None
+
+
+class Backend(Protocol):
+    """Runs generations on some route (a Triton model) and streams their deltas."""
+
+    def generate(self, route: str, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        """Stream deltas for `request` on `route`; cancelling the iteration cancels the request."""
+        ...
+
+    def ready(self) -> bool:
+        """True when at least one upstream can take requests now."""
+        ...

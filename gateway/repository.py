@@ -1,0 +1,123 @@
+"""Fill the `model_repository/` templates for a deployment profile (like NVIDIA's fill_template.py).
+
+The templates keep `${name}` placeholders for everything that differs between a laptop CPU and
+a GPU cluster; a profile is just the set of values. Filling is strict: a placeholder without a
+value is an error, never an empty string in a config Triton will half-accept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from gateway import paths
+
+MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "tensorrt_llm_bls")
+
+# Values per profile; `${model_dir}`-relative ones are resolved in `profile_values`.
+PROFILES: dict[str, dict[str, str]] = {
+    "cpu": {
+        "tensorrt_llm_backend": "python",
+        "triton_max_batch_size": "64",
+        "decoupled_mode": "true",
+        "max_queue_delay_microseconds": "0",
+        "engine_max_batch_size": "8",
+        "engine_dtype": "float32",
+        "engine_num_threads": "",
+        "preprocessing_instance_count": "1",
+        "postprocessing_instance_count": "1",
+        "bls_instance_count": "1",
+    },
+}
+
+_PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+
+
+class TemplateError(ValueError):
+    """A template placeholder has no value, or a profile/model is unknown."""
+
+
+def profile_values(
+    profile: str, model_dir: Path, overrides: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """All template values for `profile` serving the checkpoint in `model_dir`."""
+    if profile not in PROFILES:
+        raise TemplateError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+    model_dir = model_dir.resolve()
+    values = {
+        **PROFILES[profile],
+        "checkpoint_dir": str(model_dir),
+        "engine_dir": str(model_dir),
+        "tokenizer_dir": str(model_dir),
+        "served_model_name": model_dir.name,
+        "max_seq_len": str(_max_positions(model_dir)),
+    }
+    values.update(overrides or {})
+    return values
+
+
+def fill_template(text: str, values: Mapping[str, str], *, source: str = "template") -> str:
+    """Replace every `${name}`; raise TemplateError naming each placeholder left without value."""
+    missing = sorted({m for m in _PLACEHOLDER.findall(text) if m not in values})
+    if missing:
+        raise TemplateError(f"{source}: no value for {', '.join(missing)}")
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+
+
+def fill_repository(
+    out_dir: Path,
+    *,
+    model_dir: Path,
+    profile: str = "cpu",
+    overrides: Mapping[str, str] | None = None,
+    templates: Path = paths.TEMPLATES_DIR,
+) -> Path:
+    """Write a servable model repository for `profile` into `out_dir` (replacing it)."""
+    if not (model_dir / "config.json").is_file():
+        raise TemplateError(f"{model_dir} is not a Hugging Face checkpoint (no config.json)")
+    values = profile_values(profile, model_dir, overrides)
+    staging = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    for model in MODELS:
+        src = templates / model
+        config = src / "config.pbtxt"
+        dest = staging / model
+        (dest / "1").mkdir(parents=True)
+        dest.joinpath("config.pbtxt").write_text(
+            fill_template(config.read_text(), values, source=str(config))
+        )
+        code = src / "1" / "model.py"
+        if code.is_file() and not _uses_native_backend(model, values):
+            # Link rather than copy: edits to the templates apply without refilling.
+            os.symlink(code.resolve(), dest / "1" / "model.py")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    (out_dir / ".localmoe.json").write_text(
+        json.dumps({"profile": profile, "values": values}, indent=2, sort_keys=True)
+    )
+    return out_dir
+
+
+def ensure_default_repository(model_dir: Path | None = None, out_dir: Path | None = None) -> Path:
+    """The default CPU repository for the tiny model, building the model first if missing."""
+    model_dir = model_dir or paths.default_model_dir()
+    out_dir = out_dir or paths.default_repository_dir()
+    if not (model_dir / "config.json").is_file():
+        from build.tiny import build_tiny_model
+
+        print(f"building the tiny MoE model into {model_dir} (first run only)", flush=True)
+        build_tiny_model(model_dir)
+    return fill_repository(out_dir, model_dir=model_dir, profile="cpu")
+
+
+def _uses_native_backend(model: str, values: Mapping[str, str]) -> bool:
+    return model == "tensorrt_llm" and values.get("tensorrt_llm_backend") == "tensorrtllm"
+
+
+def _max_positions(model_dir: Path) -> int:
+    config = json.loads((model_dir / "config.json").read_text())
+    return int(min(config.get("max_position_embeddings", 2048), 4096))

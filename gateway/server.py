@@ -1,0 +1,144 @@
+"""Running the gateway: `serve` (the gateway alone) and `up` (tiny model, Triton and gateway).
+
+Both run uvicorn on uvloop + httptools in the main thread and exit cleanly on SIGINT or SIGTERM:
+uvicorn drains the open requests, then `up` stops the Triton it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+import uvicorn
+import uvloop
+from fastapi import FastAPI
+
+from gateway.api.app import create_app
+from gateway.logs import configure_logging
+from gateway.settings import Settings
+
+_READY_WAIT_S = 120.0
+_GRACEFUL_SHUTDOWN_S = 5
+
+
+def serve(settings: Settings) -> int:
+    """Serve the gateway in the foreground until SIGINT/SIGTERM; the exit status."""
+    configure_logging(settings)
+    server = uvicorn.Server(_config(create_app(settings), settings))
+    with _sigterm_exits():
+        _run(server)
+    return 0 if server.started else 1
+
+
+def up(settings: Settings) -> int:
+    """Build the tiny model if missing, start Triton on free ports, serve the gateway in front
+    of it, print how to use it, and stop both on Ctrl-C/SIGTERM; the exit status."""
+    from gateway.launcher import TritonProcess, TritonStartError
+    from gateway.repository import ensure_default_repository
+
+    configure_logging(settings)
+    repository = ensure_default_repository()
+    triton = TritonProcess(
+        repository, http_port=_free_port(), grpc_port=_free_port(), metrics_port=_free_port()
+    )
+    print(f"starting Triton on {repository} ...", flush=True)
+    with _sigterm_exits():
+        try:
+            triton.start()
+        except TritonStartError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        try:
+            settings = settings.model_copy(update={"triton_urls": [triton.grpc_url]})
+            app = create_app(settings)
+            server = uvicorn.Server(_config(app, settings))
+
+            async def announce() -> None:
+                engine = app.state.engine
+                deadline = time.monotonic() + _READY_WAIT_S
+                while not engine.ready() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                models = [m.id for m in engine.models()]
+                print(_banner(settings, models, triton.grpc_url, triton.metrics_url), flush=True)
+
+            _run(server, on_started=announce)
+            return 0 if server.started else 1
+        finally:
+            print("stopping Triton ...", flush=True)
+            triton.stop()
+
+
+def _config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=None,
+        access_log=False,  # ours is structured and carries the request id
+        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
+    )
+
+
+def _run(server: uvicorn.Server, on_started: Callable[[], Awaitable[None]] | None = None) -> None:
+    async def main() -> None:
+        serving = asyncio.create_task(server.serve())
+        if on_started is not None:
+            while not server.started and not serving.done():
+                await asyncio.sleep(0.05)
+            if server.started:
+                await on_started()
+        await serving
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    # uvicorn handles SIGTERM while serving, then re-raises it once drained: with the default
+    # handler that would kill us before `up` stops Triton, so make it a normal exit instead.
+    def exit_now(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, exit_now)
+    try:
+        yield
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _banner(settings: Settings, models: list[str], grpc_url: str, metrics_url: str) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    base_url = f"http://{host}:{settings.port}/v1"
+    model = models[0] if models else "MODEL"
+    return f"""
+LocalMoE is up: OpenAI-compatible API at {base_url}  (models: {", ".join(models) or "none yet"})
+Triton: gRPC {grpc_url}, metrics {metrics_url}
+
+    from openai import OpenAI
+
+    client = OpenAI(base_url="{base_url}", api_key="not-needed")
+    reply = client.chat.completions.create(
+        model="{model}",
+        messages=[{{"role": "user", "content": "Hello!"}}],
+    )
+    print(reply.choices[0].message.content)
+
+Press Ctrl-C to stop the gateway and Triton.
+"""

@@ -1,0 +1,83 @@
+"""The gateway's one settings object: defaults < YAML file < `LOCALMOE_*` environment < arguments.
+
+Built once at start-up (`load_settings`) and passed down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DEFAULT_ROUTE = "tensorrt_llm_bls"
+
+
+class ModelSettings(BaseModel):
+    """One served model. Unset fields are discovered from the Triton model configs.
+
+    `route` is the Triton model the gateway calls (`tensorrt_llm_bls` or `ensemble`); `id` is the
+    OpenAI model id; `tokenizer_dir` holds `tokenizer.json` and `tokenizer_config.json`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = None
+    route: str = DEFAULT_ROUTE
+    tokenizer_dir: Path | None = None
+    context_length: int | None = Field(default=None, ge=1)
+
+
+class Settings(BaseSettings):
+    """Everything the gateway can be told. Field `x` is env `LOCALMOE_X` and YAML key `x`."""
+
+    model_config = SettingsConfigDict(env_prefix="LOCALMOE_", extra="forbid")
+
+    config_file: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    triton_urls: list[str] = Field(default_factory=lambda: ["127.0.0.1:8001"], min_length=1)
+    models: list[ModelSettings] = Field(default_factory=list)
+    discover_models: bool = True
+
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
+    max_n: int = Field(default=16, ge=1)
+    max_stop: int = Field(default=4, ge=0)
+    upstream_timeout_s: float | None = Field(default=None, gt=0)
+    health_interval_s: float = Field(default=2.0, gt=0)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+    access_log: bool = True
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        given = getattr(init_settings, "init_kwargs", {}).get("config_file")
+        config_file = given or os.environ.get("LOCALMOE_CONFIG_FILE")
+        if not config_file:
+            return init_settings, env_settings
+        return init_settings, env_settings, YamlConfigSettingsSource(settings_cls, config_file)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings; `overrides` (command-line values) win over everything, None is unset."""
+    if config_file is not None and not Path(config_file).is_file():
+        raise FileNotFoundError(f"config file not found: {config_file}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if config_file is not None:
+        given["config_file"] = Path(config_file)
+    return Settings(**given)

@@ -1,0 +1,72 @@
+"""The `Backend` that runs generations on Triton: a route's adapter on top of the upstream pool."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+
+from tritonclient.utils import InferenceServerException
+
+from gateway.errors import UpstreamUnavailable
+from gateway.generation import Delta, GenerationRequest
+from gateway.triton import adapter
+from gateway.triton.client import TritonPool
+from gateway.triton.discovery import RouteTensors, route_tensors
+
+
+class TritonBackend:
+    """Streams `trtllm`-protocol routes (`tensorrt_llm_bls`, `ensemble`) through a `TritonPool`."""
+
+    def __init__(self, pool: TritonPool):
+        self.pool = pool
+        # Each route's declared tensors, learnt on its first request: Triton rejects inputs a
+        # model does not declare, and the outputs tell a BLS-style route from NVIDIA's ensemble.
+        self._routes: dict[str, RouteTensors] = {}
+
+    def ready(self) -> bool:
+        """True when at least one upstream is ready."""
+        return self.pool.ready()
+
+    def generate(self, route: str, request: GenerationRequest) -> AsyncGenerator[Delta, None]:
+        """Stream `request` on the Triton model `route`; closing the iterator cancels it."""
+        tensors = self._routes.get(route)
+        if tensors is None:
+            return self._generate_first(route, request)
+        return self._stream(route, request, tensors)
+
+    def _stream(
+        self, route: str, request: GenerationRequest, tensors: RouteTensors
+    ) -> AsyncGenerator[Delta, None]:
+        inputs = adapter.build_inputs(request, tensors.inputs)
+        stream = self.pool.stream(route, inputs, parse=adapter.parse, request_id=request.request_id)
+        if "finish_reason" in tensors.outputs:
+            return stream
+        return _ensemble_semantics(stream, request.params.max_tokens)
+
+    async def _generate_first(
+        self, route: str, request: GenerationRequest
+    ) -> AsyncGenerator[Delta, None]:
+        try:
+            tensors = await route_tensors(self.pool.ready_client(), route)
+        except InferenceServerException as exc:
+            raise UpstreamUnavailable(f"Model route '{route}' is not available: {exc}") from exc
+        self._routes[route] = tensors
+        async with aclosing(self._stream(route, request, tensors)) as stream:
+            async for delta in stream:
+                yield delta
+
+
+async def _ensemble_semantics(
+    stream: AsyncGenerator[Delta, None], max_tokens: int
+) -> AsyncGenerator[Delta, None]:
+    # NVIDIA's ensemble reports each response's own token count and no finish reason: make the
+    # count cumulative, like the BLS's, and call a generation that used its whole budget "length".
+    total = 0
+    async with aclosing(stream):
+        async for delta in stream:
+            total += delta.num_output_tokens or 0
+            reason = delta.finish_reason
+            if reason == "stop" and total >= max_tokens:
+                reason = "length"
+            yield dataclasses.replace(delta, num_output_tokens=total, finish_reason=reason)

@@ -1,0 +1,208 @@
+"""Triton adapter for the CPU MoE engine, with the tensor interface of NVIDIA's `tensorrt_llm`.
+
+Only the Triton callbacks live here; the engine (`moe_engine`) does scheduling, KV cache and
+sampling, and `moe_engine.serving` maps tensors. Responses are sent from the engine thread.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+
+import triton_python_backend_utils as pb_utils
+
+from moe_engine import Engine, EngineConfig, SamplingParams, StepOutput
+from moe_engine.serving import InputError, input_ids, output_tensors, sampling_kwargs, scalar
+from moe_engine.text import load_tokenizer
+
+_METRICS_PERIOD_S = 0.1
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        checkpoint = params["checkpoint_dir"]
+        self.engine = Engine.from_pretrained(
+            checkpoint,
+            EngineConfig(
+                max_batch_size=int(params.get("engine_max_batch_size", "8")),
+                max_seq_len=int(params["max_seq_len"]) if params.get("max_seq_len") else None,
+                dtype=params.get("dtype", "float32"),
+                num_threads=int(params["num_threads"]) if params.get("num_threads") else None,
+                # Each is_cancelled() is a round trip to the server process: poll every 20 ms,
+                # not every step. `stop` requests (what the BLS sends) still act within a step.
+                cancel_poll_interval_s=float(params.get("cancel_poll_interval_s", "0.02")),
+            ),
+        )
+        self.default_end_ids = load_tokenizer(checkpoint).eos_ids
+        self.engine.start()
+        self._metrics = _EngineMetrics(self.engine)
+        self._metrics.start()
+
+    async def execute(self, requests: list) -> None:
+        for request in requests:
+            self._submit(request)
+        return None
+
+    def _submit(self, request) -> None:
+        sender = request.get_response_sender()
+        inputs = {t.name(): t.as_numpy() for t in request.inputs()}
+        if scalar(inputs, "stop", False):
+            # TensorRT-LLM semantics: a request with stop=true cancels the one with its id.
+            self.engine.cancel(request.request_id())
+            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return
+        try:
+            prompt = input_ids(inputs)
+            params = SamplingParams(**sampling_kwargs(inputs, self.default_end_ids))
+            if (
+                int(scalar(inputs, "num_return_sequences", 1)) != 1
+                or int(scalar(inputs, "beam_width", 1)) != 1
+            ):
+                raise InputError("only beam_width=1 and num_return_sequences=1 are supported")
+            streaming = bool(scalar(inputs, "streaming", False))
+            request_id = request.request_id() or uuid.uuid4().hex
+            self.engine.submit(
+                request_id,
+                prompt,
+                params,
+                on_output=_Responder(sender, streaming, params.return_logprobs),
+                is_cancelled=sender.is_cancelled,
+            )
+        except (InputError, ValueError) as exc:
+            error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+            sender.send(
+                pb_utils.InferenceResponse(error=error),
+                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+            )
+
+    def finalize(self) -> None:
+        self._metrics.stop()
+        self.engine.shutdown()
+
+
+class _Responder:
+    """Turns engine step outputs into Triton responses for one request."""
+
+    def __init__(self, sender, streaming: bool, logprobs: bool) -> None:
+        self.sender = sender
+        self.streaming = streaming
+        self.logprobs = logprobs
+        self.tokens: list[int] = []
+        self.token_logprobs: list[float] = []
+        self.cum = 0.0
+
+    def __call__(self, out: StepOutput) -> None:
+        step_lp = out.logprobs or []
+        self.cum += float(sum(step_lp))
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if out.finished else 0
+        if out.finish_reason == "error":
+            error = pb_utils.TritonError(
+                "engine error while generating", pb_utils.TritonError.INTERNAL
+            )
+            self.sender.send(pb_utils.InferenceResponse(error=error), flags=final)
+            return
+        if self.streaming:
+            if out.token_ids:
+                self._send(out.token_ids, step_lp if self.logprobs else None, final)
+            elif final:
+                self.sender.send(flags=final)
+            return
+        self.tokens.extend(out.token_ids)
+        self.token_logprobs.extend(step_lp)
+        if out.finished:
+            self._send(self.tokens, self.token_logprobs if self.logprobs else None, final)
+
+    def _send(self, tokens: list[int], logprobs: list[float] | None, flags: int) -> None:
+        tensors = [
+            pb_utils.Tensor(k, v) for k, v in output_tensors(tokens, logprobs, self.cum).items()
+        ]
+        self.sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=flags)
+
+
+class _EngineMetrics:
+    """Publishes engine gauges and per-expert counters as Triton custom metrics."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.requests = pb_utils.MetricFamily(
+            name="nv_trt_llm_request_metrics",
+            description="TensorRT-LLM-style request metrics of the CPU MoE engine",
+            kind=pb_utils.MetricFamily.GAUGE,
+        )
+        self.steps = pb_utils.MetricFamily(
+            name="nv_moe_engine_steps_total",
+            description="Engine iterations and the tokens they produced",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self.experts = pb_utils.MetricFamily(
+            name="nv_moe_expert_tokens_total",
+            description="Tokens routed to each expert of each MoE layer",
+            kind=pb_utils.MetricFamily.COUNTER,
+        )
+        self.gauges = {
+            kind: self.requests.Metric(labels={"request_type": kind, "model": "tensorrt_llm"})
+            for kind in ("active", "waiting", "max", "peak_active")
+        }
+        self.counters = {
+            kind: self.steps.Metric(labels={"kind": kind, "model": "tensorrt_llm"})
+            for kind in ("decode_steps", "decode_tokens", "prefill_tokens", "finished_requests")
+        }
+        self.expert_metrics: dict[tuple[int, int], object] = {}
+        self.seen: dict[object, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="engine-metrics", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def _run(self) -> None:
+        while not self._stop.wait(_METRICS_PERIOD_S):
+            try:
+                self._publish()
+            except Exception as exc:  # metrics must never take the model down
+                pb_utils.Logger.log_warn(f"engine metrics update failed: {exc}")
+
+    def _publish(self) -> None:
+        stats = self.engine.stats()
+        for kind, value in (
+            ("active", stats.active),
+            ("waiting", stats.waiting),
+            ("max", stats.max_batch_size),
+            ("peak_active", stats.peak_active),
+        ):
+            self._set(self.gauges[kind], value)
+        for kind, value in (
+            ("decode_steps", stats.decode_steps_total),
+            ("decode_tokens", stats.decode_tokens_total),
+            ("prefill_tokens", stats.prefill_tokens_total),
+            ("finished_requests", stats.finished_total),
+        ):
+            self._add(self.counters[kind], value)
+        counts = self.engine.expert_counts()
+        for layer in self.engine.moe_layers:
+            for expert, value in enumerate(counts[layer]):
+                metric = self.expert_metrics.get((layer, expert))
+                if metric is None:
+                    metric = self.experts.Metric(
+                        labels={"model": "tensorrt_llm", "layer": str(layer), "expert": str(expert)}
+                    )
+                    self.expert_metrics[(layer, expert)] = metric
+                self._add(metric, value)
+
+    def _set(self, metric, value: float) -> None:
+        if self.seen.get(metric) != value:
+            metric.set(value)
+            self.seen[metric] = value
+
+    def _add(self, metric, total: float) -> None:
+        delta = total - self.seen.get(metric, 0)
+        if delta > 0:
+            metric.increment(delta)
+            self.seen[metric] = total

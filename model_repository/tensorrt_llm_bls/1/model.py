@@ -1,0 +1,185 @@
+"""The gateway's default route: text in, text deltas out, over the `tensorrt_llm` model.
+
+Unlike the ensemble (which detokenises each streamed chunk alone and so drops spaces and splits
+multi-byte characters), this model keeps per-request detokeniser state, cuts stop strings before
+they are emitted, and reports `finish_reason` and token counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from moe_engine.serving import InputError, scalar
+from moe_engine.text import IncrementalDetokenizer, StopStringMatcher, encode, load_tokenizer
+
+# Inputs forwarded to `tensorrt_llm` unchanged (name here -> name there, dtype).
+_FORWARD = {
+    "temperature": ("temperature", np.float32),
+    "top_k": ("runtime_top_k", np.int32),
+    "top_p": ("runtime_top_p", np.float32),
+    "seed": ("seed", np.uint64),
+    "presence_penalty": ("presence_penalty", np.float32),
+    "frequency_penalty": ("frequency_penalty", np.float32),
+    "repetition_penalty": ("repetition_penalty", np.float32),
+    "min_tokens": ("min_tokens", np.int32),
+    "ignore_eos": ("ignore_eos", np.bool_),
+    "return_log_probs": ("return_log_probs", np.bool_),
+    "end_id": ("end_id", np.int32),
+    "pad_id": ("pad_id", np.int32),
+}
+
+
+# BLS decoupled responses come from a blocking iterator; each in-flight request waits for its
+# next response on one of these threads so the event loop keeps serving the others.
+_WAITERS = ThreadPoolExecutor(max_workers=256, thread_name_prefix="bls-wait")
+_DONE = object()
+
+
+async def _responses(iterator: Iterator) -> AsyncIterator:
+    loop = asyncio.get_running_loop()
+    while (item := await loop.run_in_executor(_WAITERS, next, iterator, _DONE)) is not _DONE:
+        yield item
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.tok = load_tokenizer(params["tokenizer_dir"])
+        self.llm = params.get("tensorrt_llm_model_name", "tensorrt_llm")
+
+    async def execute(self, requests: list) -> None:
+        await asyncio.gather(*(self._generate(r) for r in requests))
+        return None
+
+    async def _generate(self, request) -> None:
+        sender = request.get_response_sender()
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        inputs = {t.name(): t.as_numpy() for t in request.inputs()}
+        try:
+            call = self._llm_request(inputs)
+        except (InputError, ValueError) as exc:
+            error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+            sender.send(pb_utils.InferenceResponse(error=error), flags=final)
+            return
+        stream = bool(scalar(inputs, "stream", False))
+        stops = [s.decode("utf-8") for s in inputs.get("stop_words", np.empty(0)).reshape(-1)]
+        detok = IncrementalDetokenizer(self.tok.tokenizer)
+        matcher = StopStringMatcher(stops)
+        want_lp = bool(scalar(inputs, "return_log_probs", False))
+        text, logprobs, generated, reason = [], [], 0, ""
+        async for response in _responses(await call.infer.async_exec(decoupled=True)):
+            if reason:
+                continue  # drain what the engine sent before it saw our stop
+            if response.has_error():
+                sender.send(pb_utils.InferenceResponse(error=response.error()), flags=final)
+                return
+            if request.is_cancelled():
+                reason = "cancelled"
+                await self._stop(call.request_id)
+                continue
+            ids_tensor = pb_utils.get_output_tensor_by_name(response, "output_ids")
+            if ids_tensor is None:
+                continue  # the empty final response
+            ids = ids_tensor.as_numpy().reshape(-1)
+            ids = ids[ids >= 0].tolist()
+            generated += len(ids)
+            delta = matcher.feed(detok.add(ids))
+            lp = pb_utils.get_output_tensor_by_name(response, "output_log_probs")
+            if lp is not None and want_lp:
+                logprobs.extend(lp.as_numpy().reshape(-1).tolist()[: len(ids)])
+            if matcher.stopped:
+                reason = "stop"
+                await self._stop(call.request_id)
+            elif generated >= call.max_tokens:
+                reason = "length"
+            if not stream:
+                text.append(delta)
+            elif delta:
+                # Logprobs travel with the text they belong to, held back with it if need be.
+                self._send(sender, delta, "", call, generated, logprobs if want_lp else None)
+                logprobs = []
+        if not reason:
+            reason = "stop"  # the engine ended on an end id before max_tokens
+        if reason == "cancelled":
+            sender.send(flags=final)
+            return
+        tail = "" if matcher.stopped else matcher.feed(detok.flush()) + matcher.flush()
+        body = tail if stream else "".join(text) + tail
+        self._send(sender, body, reason, call, generated, (logprobs if want_lp else None), final)
+
+    def _llm_request(self, inputs: dict) -> _Call:
+        prompt = scalar(inputs, "text_input")
+        if prompt is None:
+            raise InputError("input 'text_input' is required")
+        max_tokens = scalar(inputs, "max_tokens")
+        if max_tokens is None or int(max_tokens) < 1:
+            raise InputError("max_tokens must be a positive integer")
+        ids = encode(self.tok, prompt)
+        if not ids:
+            raise InputError("text_input encodes to no tokens")
+        tensors = [
+            pb_utils.Tensor("input_ids", np.asarray([ids], dtype=np.int32)),
+            pb_utils.Tensor("input_lengths", np.asarray([[len(ids)]], dtype=np.int32)),
+            pb_utils.Tensor("request_output_len", np.asarray([[int(max_tokens)]], dtype=np.int32)),
+            pb_utils.Tensor("streaming", np.asarray([[True]], dtype=np.bool_)),
+        ]
+        for name, (target, dtype) in _FORWARD.items():
+            value = scalar(inputs, name)
+            if value is not None:
+                tensors.append(pb_utils.Tensor(target, np.asarray([[value]], dtype=dtype)))
+        request_id = uuid.uuid4().hex
+        infer = pb_utils.InferenceRequest(
+            model_name=self.llm,
+            inputs=tensors,
+            requested_output_names=["output_ids", "sequence_length", "output_log_probs"],
+            request_id=request_id,
+        )
+        return _Call(infer, request_id, int(max_tokens), len(ids))
+
+    async def _stop(self, request_id: str) -> None:
+        """Cancel an in-flight engine request the TensorRT-LLM way: `stop=true` with its id."""
+        stop = pb_utils.InferenceRequest(
+            model_name=self.llm,
+            inputs=[
+                pb_utils.Tensor("input_ids", np.zeros((1, 1), dtype=np.int32)),
+                pb_utils.Tensor("input_lengths", np.ones((1, 1), dtype=np.int32)),
+                pb_utils.Tensor("request_output_len", np.ones((1, 1), dtype=np.int32)),
+                pb_utils.Tensor("stop", np.asarray([[True]], dtype=np.bool_)),
+            ],
+            requested_output_names=["output_ids"],
+            request_id=request_id,
+        )
+        async for _ in _responses(await stop.async_exec(decoupled=True)):
+            pass
+
+    def _send(self, sender, text, reason, call, generated, logprobs, flags=0) -> None:
+        tensors = [
+            pb_utils.Tensor("text_output", np.asarray([[text.encode("utf-8")]], dtype=np.object_)),
+            pb_utils.Tensor("finish_reason", np.asarray([[reason.encode()]], dtype=np.object_)),
+            pb_utils.Tensor("num_input_tokens", np.asarray([[call.prompt_tokens]], dtype=np.int32)),
+            pb_utils.Tensor("num_output_tokens", np.asarray([[generated]], dtype=np.int32)),
+        ]
+        if logprobs is not None:
+            tensors.append(
+                pb_utils.Tensor("output_log_probs", np.asarray([logprobs], dtype=np.float32))
+            )
+        sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=flags)
+
+
+@dataclass
+class _Call:
+    """One request to the engine model and what the response loop needs to know about it."""
+
+    infer: object
+    request_id: str
+    max_tokens: int
+    prompt_tokens: int

@@ -1,0 +1,98 @@
+"""Map TensorRT-LLM's request tensors to engine calls, and engine outputs back to tensors.
+
+The Triton `tensorrt_llm` model on CPU is a thin adapter over these functions, so the tensor
+interface (names, dtypes, shapes) is defined and tested here, without Triton.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from moe_engine.text import from_words_list
+
+Inputs = Mapping[str, np.ndarray]
+
+
+class InputError(ValueError):
+    """A request tensor is missing or has an invalid value; the message names it."""
+
+
+def scalar(inputs: Inputs, name: str, default: Any = None) -> Any:
+    """The single value of an optional `[1]`/`[1,1]` input, or `default` when absent."""
+    array = inputs.get(name)
+    if array is None or array.size == 0:
+        return default
+    value = array.reshape(-1)[0]
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def input_ids(inputs: Inputs) -> list[int]:
+    """Prompt ids from `input_ids` (`[1, L]`), trimmed to `input_lengths` when given."""
+    if "input_ids" not in inputs:
+        raise InputError("input 'input_ids' is required")
+    ids = inputs["input_ids"].reshape(-1).astype(np.int64).tolist()
+    length = scalar(inputs, "input_lengths")
+    if length is not None:
+        if not 0 < int(length) <= len(ids):
+            raise InputError(f"input_lengths={length} does not match input_ids of {len(ids)}")
+        ids = ids[: int(length)]
+    if not ids:
+        raise InputError("input_ids is empty")
+    return ids
+
+
+def sampling_kwargs(inputs: Inputs, default_end_ids: tuple[int, ...]) -> dict[str, Any]:
+    """Keyword arguments for `moe_engine.SamplingParams` from TensorRT-LLM's input names."""
+    max_new = scalar(inputs, "request_output_len")
+    if max_new is None or int(max_new) < 1:
+        raise InputError("request_output_len must be a positive integer")
+    temperature = float(scalar(inputs, "temperature", 1.0))
+    top_k = int(scalar(inputs, "runtime_top_k", 0))
+    top_p = float(scalar(inputs, "runtime_top_p", 1.0))
+    if temperature < 0:
+        raise InputError("temperature must be >= 0")
+    if top_k < 0:
+        raise InputError("runtime_top_k must be >= 0")
+    if not 0.0 < top_p <= 1.0:
+        raise InputError("runtime_top_p must be in (0, 1]")
+    end_id = scalar(inputs, "end_id")
+    seed = scalar(inputs, "seed", scalar(inputs, "random_seed"))
+    stop_words = inputs.get("stop_words_list")
+    stop_seqs = (
+        from_words_list(stop_words.reshape(2, -1).tolist()) if stop_words is not None else []
+    )
+    return {
+        "max_new_tokens": int(max_new),
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "seed": None if seed is None else int(seed),
+        "end_ids": (int(end_id),) if end_id is not None and int(end_id) >= 0 else default_end_ids,
+        "ignore_eos": bool(scalar(inputs, "ignore_eos", False)),
+        "min_tokens": int(scalar(inputs, "min_tokens", scalar(inputs, "min_length", 0))),
+        "stop_token_seqs": tuple(tuple(s) for s in stop_seqs),
+        "presence_penalty": float(scalar(inputs, "presence_penalty", 0.0)),
+        "frequency_penalty": float(scalar(inputs, "frequency_penalty", 0.0)),
+        "repetition_penalty": float(scalar(inputs, "repetition_penalty", 1.0)),
+        "return_logprobs": bool(scalar(inputs, "return_log_probs", False)),
+    }
+
+
+def output_tensors(
+    token_ids: list[int], logprobs: list[float] | None, cum_logprob: float
+) -> dict[str, np.ndarray]:
+    """TensorRT-LLM's outputs for one beam: `output_ids [1,1,len]`, lengths and logprobs."""
+    n = len(token_ids)
+    return {
+        "output_ids": np.asarray(token_ids, dtype=np.int32).reshape(1, 1, n),
+        "sequence_length": np.asarray([[n]], dtype=np.int32),
+        "cum_log_probs": np.asarray([[cum_logprob]], dtype=np.float32),
+        "output_log_probs": np.asarray(
+            logprobs if logprobs is not None else [0.0] * n, dtype=np.float32
+        ).reshape(1, 1, n),
+    }

@@ -1,0 +1,157 @@
+"""Pytest plugin: the real gateway (`python -m gateway.cli serve`, uvicorn on a free port) as a
+subprocess in front of the session's real Triton, plus OpenAI clients pointed at it.
+
+Enable with `pytest_plugins = ["tests.gateway_fixtures"]` in `tests/conftest.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+
+from tests.support import free_port
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Small enough that the 413 test stays cheap, large enough for every context-length test.
+MAX_BODY_BYTES = 256 * 1024
+
+
+@dataclass
+class GatewayProcess:
+    """A running gateway: its URLs, its process and its log file."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        """What the OpenAI SDK takes as `base_url`."""
+        return f"{self.url}/v1"
+
+    def log(self) -> str:
+        """Everything the gateway wrote to stdout/stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """The gateway's JSON log lines, parsed."""
+        records = []
+        for line in self.log().splitlines():
+            with contextlib.suppress(ValueError):
+                records.append(json.loads(line))
+        return records
+
+
+def start_gateway(
+    workdir: Path,
+    *,
+    triton_urls: list[str],
+    config: dict[str, Any] | None = None,
+    wait_path: str = "/health/ready",
+    timeout: float = 60.0,
+) -> GatewayProcess:
+    """Start `python -m gateway.cli serve` and wait until `wait_path` answers 200."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1"]
+    command += ["--port", str(port)]
+    for url in triton_urls:
+        command += ["--triton-url", url]
+    if config:
+        config_path = workdir / "gateway.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        command += ["--config", str(config_path)]
+    log_path = workdir / "gateway.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALMOE_")}
+    env["LOCALMOE_HEALTH_INTERVAL_S"] = "0.5"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    gateway = GatewayProcess(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited with {process.returncode}:\n{gateway.log()}")
+        if _answers_200(gateway.url + wait_path):
+            return gateway
+        time.sleep(0.1)
+    stop_gateway(gateway)
+    raise TimeoutError(f"gateway not answering {wait_path} after {timeout}s:\n{gateway.log()}")
+
+
+def stop_gateway(gateway: GatewayProcess, timeout: float = 15.0) -> int:
+    """SIGTERM, then SIGKILL if it does not exit in time; its exit status."""
+    process = gateway.process
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+    return process.returncode
+
+
+@pytest.fixture(scope="session")
+def gateway(triton: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """The gateway in front of the session's Triton, ready to serve the tiny model."""
+    process = start_gateway(
+        tmp_path_factory.mktemp("gateway"),
+        triton_urls=[triton.grpc_url],
+        config={"max_body_bytes": MAX_BODY_BYTES},
+    )
+    yield process
+    stop_gateway(process)
+
+
+@pytest.fixture(scope="session")
+def offline_gateway(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """A gateway whose only upstream never answers: the model is configured, nothing is ready."""
+    process = start_gateway(
+        tmp_path_factory.mktemp("offline-gateway"),
+        triton_urls=[f"127.0.0.1:{free_port()}"],
+        config={"models": [{"id": "tiny-moe", "tokenizer_dir": str(tiny_model_dir)}]},
+        wait_path="/health/live",
+    )
+    yield process
+    stop_gateway(process)
+
+
+@pytest.fixture(scope="session")
+def model_id(gateway: GatewayProcess) -> str:
+    """The OpenAI id the gateway serves the tiny model under."""
+    with urllib.request.urlopen(f"{gateway.base_url}/models", timeout=5) as response:
+        return json.load(response)["data"][0]["id"]
+
+
+@pytest.fixture
+def client(gateway: GatewayProcess) -> Iterator[openai.OpenAI]:
+    """The official synchronous OpenAI client; no retries, so errors surface as they are."""
+    with openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0) as sdk:
+        yield sdk
+
+
+def _answers_200(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False

@@ -1,0 +1,55 @@
+"""A client that goes away cancels its Triton request: the engine's active gauge drops to 0 within
+a few decode steps, long before the generation could have finished on its own."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.gateway_fixtures import GatewayProcess
+from tests.support import metric_value, wait_for
+
+# Far less than the tens of seconds a CPU needs to generate a whole context's worth of tokens.
+CANCEL_WITHIN_S = 3.0
+
+
+def _active(triton: Any) -> float:
+    return metric_value(triton.metrics_url, "nv_trt_llm_request_metrics", request_type="active")
+
+
+@pytest.fixture
+def long_generation(gateway: GatewayProcess, model_id: str) -> dict[str, Any]:
+    """Sampling settings that keep the engine busy for the whole context."""
+    card = httpx.get(f"{gateway.base_url}/models/{model_id}", timeout=10).json()
+    return {"max_tokens": card["max_model_len"] - 64, "ignore_eos": True, "temperature": 1.0}
+
+
+def test_disconnect_mid_stream_cancels_the_triton_request(
+    gateway: GatewayProcess, triton: Any, model_id: str, long_generation: dict[str, Any]
+) -> None:
+    body = {"model": model_id, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    url = f"{gateway.base_url}/chat/completions"
+    with httpx.stream("POST", url, json={**body, **long_generation}, timeout=30) as response:
+        events = (line for line in response.iter_lines() if line)
+        for _ in range(4):
+            next(events)
+        assert wait_for(lambda: _active(triton) >= 1, timeout=2)  # the gauge is sampled
+    assert wait_for(lambda: _active(triton) == 0, timeout=CANCEL_WITHIN_S)
+
+
+def test_disconnect_while_waiting_for_a_whole_answer_cancels_the_triton_request(
+    gateway: GatewayProcess, triton: Any, model_id: str, long_generation: dict[str, Any]
+) -> None:
+    body = {"model": model_id, "prompt": "Once upon a time", **long_generation}
+    timeout = httpx.Timeout(30, read=2)
+    with ThreadPoolExecutor(1) as pool:
+        request = pool.submit(
+            httpx.post, f"{gateway.base_url}/completions", json=body, timeout=timeout
+        )
+        assert wait_for(lambda: _active(triton) >= 1, timeout=2)
+        with pytest.raises(httpx.ReadTimeout):
+            request.result()
+    assert wait_for(lambda: _active(triton) == 0, timeout=CANCEL_WITHIN_S)

@@ -1,0 +1,119 @@
+"""The validation stage: each rejection is a 400 naming the parameter; what passes maps to
+`SamplingParams` without losing anything."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.core import validation
+from gateway.errors import ContextLengthExceeded, InvalidRequest
+from gateway.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.settings import Settings
+
+SETTINGS = Settings(max_n=4)
+
+
+def chat(**fields: Any) -> ChatCompletionRequest:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}
+    return ChatCompletionRequest.model_validate(body)
+
+
+def completion(**fields: Any) -> CompletionRequest:
+    return CompletionRequest.model_validate({"model": "m", "prompt": "hi", **fields})
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"temperature": 2.5}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"n": 5}, "n"),
+        ({"n": 0}, "n"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_completion_tokens": -1}, "max_completion_tokens"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stop": [""]}, "stop"),
+        ({"presence_penalty": 3.0}, "presence_penalty"),
+        ({"frequency_penalty": -2.5}, "frequency_penalty"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 30}, "top_logprobs"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"min_tokens": 9, "max_tokens": 4}, "min_tokens"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "user"}]}, "messages[0].content"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            "messages[0].content[0].type",
+        ),
+    ],
+)
+def test_chat_rejections_name_the_parameter(fields: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        validation.check_chat(chat(**fields), SETTINGS)
+    assert exc.value.status == 400 and exc.value.param == param
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"prompt": []}, "prompt"),
+        ({"prompt": [1, 2, 3]}, "prompt"),
+        ({"logprobs": 3}, "logprobs"),
+        ({"suffix": "x"}, "suffix"),
+        ({"best_of": 3}, "best_of"),
+        ({"echo": True, "logprobs": 0}, "echo"),
+    ],
+)
+def test_completion_rejections_name_the_parameter(fields: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        validation.check_completion(completion(**fields), SETTINGS)
+    assert exc.value.param == param
+
+
+def test_a_typical_sdk_request_passes() -> None:
+    request = chat(temperature=0, top_p=0.9, n=2, stop="\n", seed=7, max_completion_tokens=8)
+    validation.check_chat(request, SETTINGS)
+
+
+def test_prompt_that_fills_the_context_is_context_length_exceeded() -> None:
+    with pytest.raises(ContextLengthExceeded) as exc:
+        validation.fit_context(100, 100, None, param="messages")
+    assert (exc.value.code, exc.value.param) == ("context_length_exceeded", "messages")
+
+
+def test_prompt_plus_max_tokens_over_the_context_is_context_length_exceeded() -> None:
+    with pytest.raises(ContextLengthExceeded) as exc:
+        validation.fit_context(100, 60, 50, param="prompt")
+    assert "110 tokens" in exc.value.message
+
+
+def test_max_tokens_defaults_to_the_rest_of_the_context() -> None:
+    assert validation.fit_context(100, 60, None, param="messages") == 40
+
+
+def test_max_completion_tokens_wins_over_max_tokens() -> None:
+    assert validation.requested_max_tokens(chat(max_tokens=50, max_completion_tokens=5)) == 5
+
+
+def test_sampling_params_carry_every_setting() -> None:
+    request = chat(
+        temperature=0.5, top_p=0.8, top_k=20, seed=3, stop="END", presence_penalty=0.1,
+        frequency_penalty=0.2, repetition_penalty=1.1, min_tokens=2, ignore_eos=True,
+    )  # fmt: skip
+    params = validation.sampling_params(request, 12, logprobs=True)
+    assert params.max_tokens == 12 and params.stop == ("END",)
+    assert (params.temperature, params.top_p, params.top_k, params.seed) == (0.5, 0.8, 20, 3)
+    assert (params.presence_penalty, params.frequency_penalty) == (0.1, 0.2)
+    assert (params.repetition_penalty, params.min_tokens, params.ignore_eos) == (1.1, 2, True)
+    assert params.logprobs
+
+
+def test_content_parts_are_joined_for_the_template() -> None:
+    parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    messages = validation.chat_messages(chat(messages=[{"role": "user", "content": parts}]))
+    assert messages == [{"role": "user", "content": "a\nb"}]

@@ -1,0 +1,322 @@
+"""Rate limits: exact shared admission on a real Redis, headers, token budgets, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import time
+from typing import Any
+
+import pytest
+import redis
+from prometheus_client import REGISTRY
+
+from gateway.auth import Principal
+from gateway.limits import LimitsConfig, LimitsUnavailable, RateLimiter, format_reset
+from gateway.redis_server import RedisServer
+
+pytest_plugins = ["redis_fixtures"]
+
+ALICE = Principal(sub="alice")
+
+
+def _errors() -> float:
+    return REGISTRY.get_sample_value("localmoe_ratelimit_storage_errors_total") or 0.0
+
+
+def _redis_count(url: str, key: str) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.get(key) or 0)
+    finally:
+        client.close()
+
+
+async def _admitted(limiter: RateLimiter, principal: Principal, n: int) -> int:
+    decisions = await asyncio.gather(*(limiter.check_request(principal) for _ in range(n)))
+    return sum(d.allowed for d in decisions)
+
+
+async def test_memory_limiter_admits_rpm_requests_then_refuses() -> None:
+    limiter = RateLimiter(LimitsConfig(rpm=3))
+    results = [(await limiter.check_request(ALICE)).allowed for _ in range(5)]
+    assert results == [True, True, True, False, False]
+
+
+async def test_two_limiters_on_one_redis_admit_exactly_n_concurrent_requests(
+    redis_url: str,
+) -> None:
+    config = LimitsConfig(rpm=25, redis_url=redis_url)
+    first, second = RateLimiter(config), RateLimiter(config)
+    try:
+        counts = await asyncio.gather(_admitted(first, ALICE, 100), _admitted(second, ALICE, 100))
+    finally:
+        await first.aclose()
+        await second.aclose()
+    assert sum(counts) == 25
+
+
+def _admit_in_process(url: str, limit: int, attempts: int, barrier: Any, out: Any) -> None:
+    async def main() -> int:
+        limiter = RateLimiter(LimitsConfig(rpm=limit, redis_url=url))
+        await limiter._redis.ping()  # connect before the race starts
+        await asyncio.to_thread(barrier.wait)
+        admitted = await _admitted(limiter, Principal(sub="shared"), attempts)
+        await limiter.aclose()
+        return admitted
+
+    out.put(asyncio.run(main()))
+
+
+def test_two_processes_on_one_redis_admit_exactly_n_concurrent_requests(redis_url: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    workers = [
+        ctx.Process(target=_admit_in_process, args=(redis_url, 30, 100, barrier, out))
+        for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        counts = [out.get(timeout=60) for _ in workers]
+    finally:
+        for worker in workers:
+            worker.join(5)
+            if worker.is_alive():
+                worker.kill()
+    assert sum(counts) == 30
+
+
+async def test_rpm_claim_overrides_the_default(redis_url: str) -> None:
+    limiter = RateLimiter(LimitsConfig(rpm=100, redis_url=redis_url))
+    try:
+        assert await _admitted(limiter, Principal(sub="bob", rpm=2), 10) == 2
+    finally:
+        await limiter.aclose()
+
+
+async def test_tenant_limit_is_shared_by_its_subjects(redis_url: str) -> None:
+    limiter = RateLimiter(LimitsConfig(rpm=10, tenant_rpm=3, redis_url=redis_url))
+    alice, bob = Principal(sub="alice", tenant="acme"), Principal(sub="bob", tenant="acme")
+    try:
+        assert await _admitted(limiter, alice, 2) == 2
+        assert await _admitted(limiter, bob, 2) == 1
+    finally:
+        await limiter.aclose()
+
+
+async def test_request_refused_by_tenant_is_not_counted_for_the_subject(redis_url: str) -> None:
+    limiter = RateLimiter(LimitsConfig(rpm=10, tenant_rpm=2, redis_url=redis_url))
+    alice = Principal(sub="alice", tenant="acme")
+    try:
+        assert await _admitted(limiter, alice, 5) == 2
+    finally:
+        await limiter.aclose()
+    assert _redis_count(redis_url, "localmoe:rl:r:s:alice") == 2
+
+
+async def test_admitted_request_carries_request_and_token_headers(redis_url: str) -> None:
+    limiter = RateLimiter(LimitsConfig(rpm=5, tpm=1000, redis_url=redis_url))
+    try:
+        decision = await limiter.check_request(ALICE)
+    finally:
+        await limiter.aclose()
+    assert decision.allowed
+    assert decision.headers() == {
+        "x-ratelimit-limit-requests": "5",
+        "x-ratelimit-remaining-requests": "4",
+        "x-ratelimit-reset-requests": "1m0s",
+        "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": "1000",
+        "x-ratelimit-reset-tokens": "0ms",
+    }
+
+
+async def test_refused_request_has_retry_after_and_no_remaining(redis_url: str) -> None:
+    limiter = RateLimiter(LimitsConfig(rpm=1, redis_url=redis_url))
+    try:
+        await limiter.check_request(ALICE)
+        decision = await limiter.check_request(ALICE)
+    finally:
+        await limiter.aclose()
+    headers = decision.headers()
+    assert not decision.allowed
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["Retry-After"] == "60"
+    assert "Rate limit reached for requests per minute" in decision.message
+
+
+async def test_window_restarts_after_window_seconds(redis_url: str) -> None:
+    limiter = RateLimiter(LimitsConfig(rpm=2, window_seconds=0.5, redis_url=redis_url))
+    try:
+        assert await _admitted(limiter, ALICE, 3) == 2
+        refused = await limiter.check_request(ALICE)
+        await asyncio.sleep(refused.retry_after + 0.05)
+        assert (await limiter.check_request(ALICE)).allowed
+    finally:
+        await limiter.aclose()
+
+
+async def test_prompt_larger_than_remaining_token_budget_is_refused(redis_url: str) -> None:
+    limiter = RateLimiter(LimitsConfig(tpm=100, redis_url=redis_url))
+    try:
+        assert (await limiter.check_tokens(ALICE, 60)).allowed
+        await limiter.charge_tokens(ALICE, 60)
+        refused = await limiter.check_tokens(ALICE, 50)
+        fits = await limiter.check_tokens(ALICE, 40)
+    finally:
+        await limiter.aclose()
+    assert not refused.allowed
+    assert refused.headers()["x-ratelimit-remaining-tokens"] == "40"
+    assert refused.headers()["Retry-After"] == "60"
+    assert fits.allowed
+
+
+async def test_check_tokens_charges_nothing(redis_url: str) -> None:
+    limiter = RateLimiter(LimitsConfig(tpm=100, redis_url=redis_url))
+    try:
+        for _ in range(5):
+            assert (await limiter.check_tokens(ALICE, 90)).allowed
+    finally:
+        await limiter.aclose()
+
+
+async def test_charged_tokens_show_in_the_next_request_headers(redis_url: str) -> None:
+    limiter = RateLimiter(LimitsConfig(rpm=10, tpm=1000, redis_url=redis_url))
+    try:
+        await limiter.charge_tokens(ALICE, 250)
+        headers = (await limiter.check_request(ALICE)).headers()
+    finally:
+        await limiter.aclose()
+    assert headers["x-ratelimit-remaining-tokens"] == "750"
+    assert headers["x-ratelimit-reset-tokens"] == "1m0s"
+
+
+async def test_prompt_larger_than_the_whole_budget_is_refused_without_retry_after() -> None:
+    limiter = RateLimiter(LimitsConfig(tpm=100))
+    decision = await limiter.check_tokens(ALICE, 101)
+    assert not decision.allowed
+    assert decision.retry_after is None
+    assert "Retry-After" not in decision.headers()
+    assert "Request too large" in decision.message
+
+
+async def test_tenant_token_budget_is_shared(redis_url: str) -> None:
+    limiter = RateLimiter(LimitsConfig(tpm=1000, tenant_tpm=100, redis_url=redis_url))
+    alice, bob = Principal(sub="alice", tenant="acme"), Principal(sub="bob", tenant="acme")
+    try:
+        await limiter.charge_tokens(alice, 80)
+        decision = await limiter.check_tokens(bob, 30)
+    finally:
+        await limiter.aclose()
+    assert not decision.allowed
+    assert decision.headers()["x-ratelimit-limit-tokens"] == "100"
+
+
+async def test_tpm_claim_overrides_the_default() -> None:
+    limiter = RateLimiter(LimitsConfig(tpm=10))
+    assert (await limiter.check_tokens(Principal(sub="big", tpm=5000), 4000)).allowed
+
+
+async def test_no_configured_limits_means_no_headers() -> None:
+    limiter = RateLimiter(LimitsConfig())
+    decision = await limiter.check_request(ALICE)
+    assert decision.allowed
+    assert decision.headers() == {}
+
+
+async def test_fail_open_keeps_admitting_with_per_process_limits(own_redis: RedisServer) -> None:
+    limiter = RateLimiter(LimitsConfig(rpm=3, redis_url=own_redis.url, fail_open=True))
+    try:
+        assert (await limiter.check_request(ALICE)).allowed  # via Redis: 1 of 3
+        own_redis.kill()
+        before = _errors()
+        results = [(await limiter.check_request(ALICE)).allowed for _ in range(4)]
+    finally:
+        await limiter.aclose()
+    assert results == [True, True, True, False]  # a fresh per-process window of 3
+    assert _errors() > before
+
+
+async def test_fail_closed_raises_limits_unavailable(own_redis: RedisServer) -> None:
+    limiter = RateLimiter(LimitsConfig(rpm=3, redis_url=own_redis.url, fail_open=False))
+    try:
+        assert (await limiter.check_request(ALICE)).allowed
+        own_redis.kill()
+        before = _errors()
+        with pytest.raises(LimitsUnavailable):
+            await limiter.check_request(ALICE)
+        with pytest.raises(LimitsUnavailable):
+            await limiter.check_tokens(Principal(sub="alice", tpm=10), 1)
+    finally:
+        await limiter.aclose()
+    assert _errors() == before + 1  # the second call did not wait for Redis again
+
+
+async def test_shared_limits_resume_after_redis_restarts(own_redis: RedisServer) -> None:
+    config = LimitsConfig(rpm=100, redis_url=own_redis.url, redis_retry_seconds=0.2)
+    limiter = RateLimiter(config)
+    try:
+        await limiter.check_request(ALICE)
+        own_redis.kill()
+        await limiter.check_request(ALICE)  # fallback
+        own_redis.start()
+        await asyncio.sleep(0.25)
+        await limiter.check_request(ALICE)
+        await limiter.check_request(ALICE)
+    finally:
+        await limiter.aclose()
+    assert _redis_count(own_redis.url, "localmoe:rl:r:s:alice") == 2
+
+
+async def test_fail_closed_limiter_serves_again_after_redis_restarts(
+    own_redis: RedisServer,
+) -> None:
+    config = LimitsConfig(rpm=5, redis_url=own_redis.url, fail_open=False, redis_retry_seconds=0.2)
+    limiter = RateLimiter(config)
+    try:
+        own_redis.kill()
+        with pytest.raises(LimitsUnavailable):
+            await limiter.check_request(ALICE)
+        own_redis.start()
+        await asyncio.sleep(0.25)
+        assert (await limiter.check_request(ALICE)).allowed
+    finally:
+        await limiter.aclose()
+
+
+async def test_redis_outage_is_logged_once(
+    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = LimitsConfig(rpm=100, redis_url=own_redis.url, redis_retry_seconds=0)
+    limiter = RateLimiter(config)
+    own_redis.kill()
+    try:
+        with caplog.at_level(logging.WARNING, logger="gateway.limits"):
+            for _ in range(5):
+                await limiter.check_request(ALICE)
+    finally:
+        await limiter.aclose()
+    assert len([r for r in caplog.records if "failed" in r.getMessage()]) == 1
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.0204, "21ms"), (0.9995, "1s"), (1.0, "1s"), (59.2, "1m0s"), (360, "6m0s"),
+     (3725, "1h2m5s")],
+)  # fmt: skip
+def test_reset_header_uses_openai_duration_format(seconds: float, text: str) -> None:
+    assert format_reset(seconds) == text
+
+
+def test_memory_check_request_costs_little_cpu() -> None:
+    async def run() -> float:
+        limiter = RateLimiter(LimitsConfig(rpm=10**9, tpm=10**9))
+        principal = Principal(sub="alice", tenant="acme")
+        start = time.process_time()
+        for _ in range(2000):
+            await limiter.check_request(principal)
+        return (time.process_time() - start) / 2000
+
+    assert asyncio.run(run()) < 100e-6
