@@ -235,8 +235,8 @@ class TritonProcess:
         errors = [
             line for line in self.log_tail if _LOAD_ERROR.search(line) and not _IGNORED.search(line)
         ]
-        detail = "\n".join(errors[-10:] or list(self.log_tail)[-20:])
-        return f"{what} (repository {self.model_repository}):\n{detail}"
+        lines = "\n".join(errors[-10:] or list(self.log_tail)[-20:])
+        return f"{what} (repository {self.model_repository}):\n{lines}"
 
     def __enter__(self) -> TritonProcess:
         self.start()

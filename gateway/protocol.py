@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 FinishReason = Literal["stop", "length"]
+
+
+def _is_none(value: object) -> bool:
+    return value is None
 
 
 class _Request(BaseModel):
@@ -150,13 +154,9 @@ class ChatCompletionResponse(_Response):
 
 
 class DeltaMessage(_Response):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_none(self, handler: Any) -> dict[str, Any]:
-        # OpenAI sends `{"role": "assistant", "content": ""}`, then `{"content": "…"}`, then `{}`.
-        return {k: v for k, v in handler(self).items() if v is not None}
+    # OpenAI sends `{"role": "assistant", "content": ""}`, then `{"content": "…"}`, then `{}`.
+    role: Literal["assistant"] | None = Field(default=None, exclude_if=_is_none)
+    content: str | None = Field(default=None, exclude_if=_is_none)
 
 
 class ChatCompletionStreamChoice(_Response):
@@ -173,14 +173,7 @@ class ChatCompletionChunk(_Response):
     model: str
     choices: list[ChatCompletionStreamChoice]
     system_fingerprint: str | None = None
-    usage: Usage | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_empty_usage(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
-        if data.get("usage") is None:
-            data.pop("usage", None)
-        return data
+    usage: Usage | None = Field(default=None, exclude_if=_is_none)  # only on the last chunk
 
 
 class CompletionLogprobs(_Response):
@@ -206,14 +199,7 @@ class CompletionResponse(_Response):
     model: str
     choices: list[CompletionChoice]
     system_fingerprint: str | None = None
-    usage: Usage | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_empty_usage(self, handler: Any) -> dict[str, Any]:
-        data = handler(self)
-        if data.get("usage") is None:
-            data.pop("usage", None)
-        return data
+    usage: Usage | None = Field(default=None, exclude_if=_is_none)  # only on the last chunk
 
 
 class Model(_Response):

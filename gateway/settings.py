@@ -5,13 +5,15 @@ Built once at start-up (`load_settings`) and passed down; nothing else reads the
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -43,7 +45,9 @@ class Settings(BaseSettings):
     config_file: Path | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
-    triton_urls: list[str] = Field(default_factory=lambda: ["127.0.0.1:8001"], min_length=1)
+    triton_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1:8001"], min_length=1
+    )
     models: list[ModelSettings] = Field(default_factory=list)
     discover_models: bool = True
 
@@ -56,6 +60,14 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
     access_log: bool = True
+
+    @field_validator("triton_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        # `LOCALMOE_TRITON_URLS=host-a:8001,host-b:8001` as well as a JSON list.
+        if isinstance(value, str):
+            return json.loads(value) if value.lstrip().startswith("[") else value.split(",")
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -12,7 +12,7 @@ from gateway.launcher import TritonProcess
 from gateway.repository import fill_repository
 from tests.support import free_port
 
-pytest_plugins: list[str] = []
+pytest_plugins = ["tests.gateway_fixtures", "tests.redis_fixtures"]
 
 
 @pytest.fixture(scope="session")

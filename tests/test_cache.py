@@ -19,8 +19,6 @@ from gateway.cache import (
 )
 from gateway.redis_server import RedisServer
 
-pytest_plugins = ["redis_fixtures"]
-
 CHAT = {
     "model": "tiny-moe",
     "messages": [{"role": "user", "content": "Hello"}],

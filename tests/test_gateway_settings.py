@@ -48,3 +48,10 @@ def test_unknown_yaml_key_is_an_error(tmp_path: Path) -> None:
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_settings(tmp_path / "nope.yaml")
+
+
+def test_triton_urls_from_the_environment_may_be_comma_separated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LOCALMOE_TRITON_URLS", "a:1,b:2")
+    assert load_settings().triton_urls == ["a:1", "b:2"]

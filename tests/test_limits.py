@@ -16,8 +16,6 @@ from gateway.auth import Principal
 from gateway.limits import LimitsConfig, LimitsUnavailable, RateLimiter, format_reset
 from gateway.redis_server import RedisServer
 
-pytest_plugins = ["redis_fixtures"]
-
 ALICE = Principal(sub="alice")
 
 

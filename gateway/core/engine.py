@@ -85,6 +85,7 @@ class _Choice:
     """What one generation produced, accumulated from its deltas."""
 
     seen: bool = False
+    chars: int = 0
     text: list[str] = dataclasses.field(default_factory=list)
     logprobs: list[tuple[str, float]] = dataclasses.field(default_factory=list)
     finish_reason: str | None = None
@@ -95,6 +96,7 @@ class _Choice:
         self.seen = True
         if delta.text:
             self.text.append(delta.text)
+            self.chars += len(delta.text)
         if delta.logprobs:
             self.logprobs.extend(_token_logprobs(delta))
         if delta.num_input_tokens is not None:
@@ -226,19 +228,16 @@ class Engine:
             )
 
         choices = [_Choice() for _ in range(len(job.prompts) * job.n)]
-        offsets = [0] * len(choices)
         async for index, delta in self._deltas(job, request_id):
             choice = choices[index]
             if request.echo and not choice.seen:
-                prompt = job.prompts[index // job.n]
-                offsets[index] = len(prompt)
-                yield chunk(index, prompt)
+                yield chunk(index, job.prompts[index // job.n])
+            offset = choice.chars  # echo and logprobs never come together (validation)
             choice.add(delta)
             if delta.text or (job.params.logprobs and delta.logprobs):
                 logprobs = None
                 if job.params.logprobs:
-                    logprobs = _completion_logprobs(_token_logprobs(delta), offsets[index])
-                offsets[index] += len(delta.text)
+                    logprobs = _completion_logprobs(_token_logprobs(delta), offset)
                 yield chunk(index, delta.text, logprobs=logprobs)
             if choice.finish_reason is not None:
                 yield chunk(index, "", finish_reason=choice.finish_reason)

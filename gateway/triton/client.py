@@ -169,9 +169,11 @@ def _model_error(model: str, error: InferenceServerException) -> UpstreamError:
 
 
 def _rpc_error(upstream: Upstream, exc: grpc.aio.AioRpcError) -> UpstreamError:
-    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+    log.warning("upstream %s failed a stream: %s", upstream.url, exc)
+    code = exc.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
         upstream.ready = False
-        return UpstreamUnavailable(f"Triton upstream {upstream.url} went away: {exc.details()}")
-    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return UpstreamError(f"Triton upstream {upstream.url} timed out")
-    return UpstreamError(f"Triton upstream {upstream.url} failed: {exc.details()}")
+        return UpstreamUnavailable(f"Triton upstream {upstream.url} went away.")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return UpstreamError(f"Triton upstream {upstream.url} timed out.")
+    return UpstreamError(f"Triton upstream {upstream.url} failed ({code.name}).")
