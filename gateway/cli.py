@@ -1,4 +1,4 @@
-"""The `localmoe` command line: build models, run Triton, run the gateway."""
+"""The `localmoe` command line: build models, run Triton, run the gateway, mint tokens."""
 
 from __future__ import annotations
 
@@ -80,7 +80,33 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=None, help="gateway HTTP port (default 8080)")
     up.add_argument("--config", type=Path, default=None, help="YAML settings file")
     up.set_defaults(func=_cmd_up)
+
+    token = sub.add_parser(
+        "token",
+        help="print a signed JWT for the gateway (last line of output)",
+        description="Sign a token with the gateway's configured key (the development secret "
+        "when none is configured). Claims: sub, tenant, models, rpm, tpm, exp.",
+    )
+    token.add_argument("--sub", required=True, help="subject: who calls (limits count per subject)")
+    token.add_argument("--tenant", default=None, help="tenant: shared limits, private cache")
+    token.add_argument(
+        "--models", default=None, metavar="A,B", help="allowed model ids or patterns (default: all)"
+    )
+    token.add_argument("--rpm", type=_positive_int, default=None, help="requests per minute")
+    token.add_argument("--tpm", type=_positive_int, default=None, help="tokens per minute")
+    token.add_argument(
+        "--ttl", default="1h", help="lifetime: 3600, 90s, 15m, 1h, 7d, 1h30m (default 1h)"
+    )
+    token.add_argument("--config", type=Path, default=None, help="YAML settings file")
+    token.set_defaults(func=_cmd_token)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def _cmd_build_tiny(args: argparse.Namespace) -> int:
@@ -147,6 +173,38 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from gateway.settings import load_settings
 
     return up(load_settings(args.config, host=args.host, port=args.port))
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from gateway import keys
+    from gateway.auth import parse_ttl
+    from gateway.settings import load_settings
+
+    try:
+        ttl = parse_ttl(args.ttl)
+    except ValueError as exc:
+        print(f"error: --ttl: {exc}", file=sys.stderr)
+        return 2
+    settings = load_settings(args.config)
+    models = None
+    if args.models is not None:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+    try:
+        token = keys.mint(
+            settings,
+            sub=args.sub,
+            tenant=args.tenant,
+            models=models,
+            rpm=args.rpm,
+            tpm=args.tpm,
+            ttl_seconds=ttl,
+        )
+    except keys.KeyConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"# signed with the {keys.describe_key(settings)}; expires in {ttl}s", file=sys.stderr)
+    print(token)
+    return 0
 
 
 if __name__ == "__main__":

@@ -13,13 +13,24 @@ class GatewayError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = "internal_error"
+    headers: dict[str, str] | None = None
+    """Extra response headers (`WWW-Authenticate`, `Retry-After`)."""
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
+        if headers is not None:
+            self.headers = headers
 
 
 class InvalidRequest(GatewayError):
@@ -34,6 +45,28 @@ class ContextLengthExceeded(InvalidRequest):
     """The prompt (plus the requested completion) does not fit the model's context (400)."""
 
     code = "context_length_exceeded"
+
+
+class Unauthorized(GatewayError):
+    """No acceptable bearer token (401); `headers` carry `WWW-Authenticate`."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class RateLimited(GatewayError):
+    """A requests- or tokens-per-minute limit refuses the request (429).
+
+    `type` is `requests` or `tokens`, as OpenAI reports it; `Retry-After` and the
+    `x-ratelimit-*` headers travel with the response (see `gateway.api.access`)."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, kind: str, headers: dict[str, str] | None = None):
+        super().__init__(message, headers=headers)
+        self.type = kind
 
 
 class ModelNotFound(GatewayError):
@@ -76,6 +109,13 @@ class UpstreamError(GatewayError):
 
     status = 502
     code = "upstream_error"
+
+
+class LimitsUnavailable(GatewayError):
+    """Rate limits fail closed and their storage (Redis) is unreachable (503)."""
+
+    status = 503
+    code = "rate_limits_unavailable"
 
 
 class UpstreamUnavailable(GatewayError):

@@ -12,7 +12,9 @@ Integration guide (gateway request path, after `authenticate`)::
         ...  # 429, code "rate_limit_exceeded", message decision.message,
              # headers decision.headers() (x-ratelimit-* and Retry-After)
     # validate, render the prompt, count its tokens, then:
-    tokens = await limiter.check_tokens(principal, prompt_tokens)   # counts nothing
+    tokens = limiter.fit_tokens(decision, prompt_tokens)            # no I/O: what check_request
+    if tokens is None:                                              # read, when it read tokens
+        tokens = await limiter.check_tokens(principal, prompt_tokens)   # counts nothing
     if not tokens.allowed: ...                                      # 429 as above
     headers = decision.headers() | tokens.headers()                 # on the success response
     # generate, then with the real counts (streamed or not, also after a client disconnect):
@@ -265,6 +267,34 @@ class RateLimiter:
         retry_after, message = self._refusal("tokens", cost, keys, limits, values)
         return LimitDecision(False, None, tokens, retry_after, message)
 
+    def fit_tokens(self, admitted: LimitDecision, prompt_tokens: int) -> LimitDecision | None:
+        """`check_tokens` without a round trip, from the token counters that `check_request`
+        read when it admitted the request (None when it read none: use `check_tokens`).
+
+        Saves one Redis call per request; the counters are as old as the request's admission,
+        which only matters to requests racing for the last tokens of a window — and those can
+        overshoot anyway, as tokens are charged after generation."""
+        state = admitted.tokens
+        if state is None:
+            return None
+        cost = max(0, prompt_tokens)
+        if cost <= state.remaining:
+            return LimitDecision(True, None, state)
+        _TOKENS_REFUSED.inc()
+        per = self._per()
+        if cost > state.limit:
+            message = (
+                f"Request too large: {cost} tokens requested, "
+                f"but the limit is {state.limit} tokens {per}."
+            )
+            return LimitDecision(False, None, state, None, message)
+        message = (
+            f"Rate limit reached for tokens {per}: limit {state.limit}, "
+            f"used {state.limit - state.remaining}, requested {cost}. "
+            f"Please try again in {format_reset(state.reset_seconds)}."
+        )
+        return LimitDecision(False, None, state, state.reset_seconds, message)
+
     async def charge_tokens(self, principal: Principal, n: int) -> LimitDecision:
         """Charge `n` used tokens (prompt + completion) to the subject and tenant budgets."""
         keys, limits = self._scopes(principal, "t")
@@ -343,10 +373,7 @@ class RateLimiter:
             for i, limit in enumerate(limits)
             if values[2 * i] + cost > limit
         ]
-        window = self._window_ms
-        per = {60_000: "per minute"}.get(window) or (
-            f"per {window // 1000}s" if window % 1000 == 0 else f"per {window}ms"
-        )
+        per = self._per()
         too_large = [r for r in refusing if cost > r[1]]
         if too_large:
             label, limit, _, _ = too_large[0]
@@ -359,6 +386,12 @@ class RateLimiter:
         return retry_after, (
             f"Rate limit reached for {kind} {per} on {label}: limit {limit}, used {used}, "
             f"requested {cost}. Please try again in {format_reset(retry_after)}."
+        )
+
+    def _per(self) -> str:
+        window = self._window_ms
+        return {60_000: "per minute"}.get(window) or (
+            f"per {window // 1000}s" if window % 1000 == 0 else f"per {window}ms"
         )
 
     def _label(self, key: str) -> str:

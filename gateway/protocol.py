@@ -78,6 +78,8 @@ class ChatCompletionRequest(_Request):
     min_tokens: int | None = None
     ignore_eos: bool | None = False
     repetition_penalty: float | None = None
+    # LocalMoE extra: `false` (or `{"no-cache": true}`) keeps this request out of the cache.
+    cache: bool | dict[str, bool] | None = None
 
 
 class CompletionRequest(_Request):
@@ -103,6 +105,8 @@ class CompletionRequest(_Request):
     min_tokens: int | None = None
     ignore_eos: bool | None = False
     repetition_penalty: float | None = None
+    # LocalMoE extra: `false` (or `{"no-cache": true}`) keeps this request out of the cache.
+    cache: bool | dict[str, bool] | None = None
 
 
 # --- responses --------------------------------------------------------------------------------

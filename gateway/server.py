@@ -1,13 +1,16 @@
 """Running the gateway: `serve` (the gateway alone) and `up` (tiny model, Triton and gateway).
 
 Both run uvicorn on uvloop + httptools in the main thread and exit cleanly on SIGINT or SIGTERM:
-uvicorn drains the open requests, then `up` stops the Triton it started.
+uvicorn drains the open requests, then `up` stops the Triton it started. With no JWT key
+configured, dev mode verifies tokens with the development secret (created on first start);
+`up` prints a token signed with it, production mode refuses to start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import socket
 import sys
@@ -18,18 +21,30 @@ import uvicorn
 import uvloop
 from fastapi import FastAPI
 
+from gateway import keys
 from gateway.api.app import create_app
 from gateway.logs import configure_logging
 from gateway.settings import Settings
 
+log = logging.getLogger("localmoe.gateway")
+
 _READY_WAIT_S = 120.0
 _GRACEFUL_SHUTDOWN_S = 5
+_UP_TOKEN_TTL_S = 7 * 24 * 3600
+# Exit status for a configuration that cannot work (as argparse uses for bad arguments).
+_CONFIG_ERROR = 2
 
 
 def serve(settings: Settings) -> int:
     """Serve the gateway in the foreground until SIGINT/SIGTERM; the exit status."""
     configure_logging(settings)
-    server = uvicorn.Server(_config(create_app(settings), settings))
+    try:
+        app = create_app(settings)
+    except keys.KeyConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return _CONFIG_ERROR
+    log.info("auth: %s", keys.describe_key(settings))
+    server = uvicorn.Server(_config(app, settings))
     with _sigterm_exits():
         _run(server)
     return 0 if server.started else 1
@@ -42,6 +57,11 @@ def up(settings: Settings) -> int:
     from gateway.repository import ensure_default_repository
 
     configure_logging(settings)
+    try:
+        api_key = _api_key(settings)
+    except keys.KeyConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return _CONFIG_ERROR
     repository = ensure_default_repository()
     triton = TritonProcess(
         repository, http_port=_free_port(), grpc_port=_free_port(), metrics_port=_free_port()
@@ -64,7 +84,8 @@ def up(settings: Settings) -> int:
                 while not engine.ready() and time.monotonic() < deadline:
                     await asyncio.sleep(0.1)
                 models = [m.id for m in engine.models()]
-                print(_banner(settings, models, triton.grpc_url, triton.metrics_url), flush=True)
+                banner = _banner(settings, models, triton.grpc_url, triton.metrics_url, api_key)
+                print(banner, flush=True)
 
             _run(server, on_started=announce)
             return 0 if server.started else 1
@@ -123,17 +144,36 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _banner(settings: Settings, models: list[str], grpc_url: str, metrics_url: str) -> str:
+def _api_key(settings: Settings) -> str:
+    """What the printed snippet passes as `api_key`: a token that works, where we can sign one."""
+    if not settings.auth:
+        return "not-needed"
+    keys.authenticator(settings)  # fail before Triton starts on an unusable configuration
+    try:
+        return keys.mint(settings, sub="localmoe-up", ttl_seconds=_UP_TOKEN_TTL_S)
+    except keys.KeyConfigError:
+        return "YOUR-TOKEN"  # verified with a public key / JWKS: the identity provider signs
+
+
+def _banner(
+    settings: Settings, models: list[str], grpc_url: str, metrics_url: str, api_key: str
+) -> str:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     base_url = f"http://{host}:{settings.port}/v1"
     model = models[0] if models else "MODEL"
+    note = ""
+    if settings.auth:
+        note = (
+            f"Auth: {keys.describe_key(settings)}.\n"
+            "The token below is valid for 7 days; mint others with `localmoe token --sub NAME`.\n"
+        )
     return f"""
 LocalMoE is up: OpenAI-compatible API at {base_url}  (models: {", ".join(models) or "none yet"})
 Triton: gRPC {grpc_url}, metrics {metrics_url}
-
+{note}
     from openai import OpenAI
 
-    client = OpenAI(base_url="{base_url}", api_key="not-needed")
+    client = OpenAI(base_url="{base_url}", api_key="{api_key}")
     reply = client.chat.completions.create(
         model="{model}",
         messages=[{{"role": "user", "content": "Hello!"}}],

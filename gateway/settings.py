@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -35,6 +35,8 @@ class ModelSettings(BaseModel):
     route: str = DEFAULT_ROUTE
     tokenizer_dir: Path | None = None
     context_length: int | None = Field(default=None, ge=1)
+    cache: bool = True
+    """False keeps this model's answers out of the response cache."""
 
 
 class Settings(BaseSettings):
@@ -54,20 +56,56 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
     max_n: int = Field(default=16, ge=1)
     max_stop: int = Field(default=4, ge=0)
+    max_tokens_limit: int | None = Field(default=None, ge=1)
+    max_messages: int | None = Field(default=1024, ge=1)
     upstream_timeout_s: float | None = Field(default=None, gt=0)
     health_interval_s: float = Field(default=2.0, gt=0)
+
+    # Auth (gateway.keys turns these into the verifying key; see docs/auth-limits-cache.md).
+    mode: Literal["dev", "production"] = "dev"
+    auth: bool = True
+    jwt_secret: SecretStr | None = None
+    jwt_public_key_file: Path | None = None
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_algorithms: Annotated[list[str] | None, NoDecode] = None
+    jwt_dev_secret_file: Path | None = None
+    metrics_auth: bool = False
+
+    # Rate limits (per token subject; tenant_* per tenant) and their shared storage.
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    tenant_rpm: int | None = Field(default=None, ge=1)
+    tenant_tpm: int | None = Field(default=None, ge=1)
+    ratelimit_window_s: float = Field(default=60.0, gt=0)
+    ratelimit_fail_open: bool = True
+    redis_url: str | None = None
+
+    # Response cache: in process, and in Redis when `redis_url` is set.
+    cache_enabled: bool = True
+    cache_max_entries: int = Field(default=10_000, ge=1)
+    cache_ttl_s: float = Field(default=600.0, gt=0)
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
     access_log: bool = True
 
-    @field_validator("triton_urls", mode="before")
+    @field_validator("triton_urls", "jwt_algorithms", mode="before")
     @classmethod
-    def _split_urls(cls, value: Any) -> Any:
+    def _split_lists(cls, value: Any) -> Any:
         # `LOCALMOE_TRITON_URLS=host-a:8001,host-b:8001` as well as a JSON list.
         if isinstance(value, str):
-            return json.loads(value) if value.lstrip().startswith("[") else value.split(",")
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("redis_url", "jwks_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return value or None
 
     @classmethod
     def settings_customise_sources(

@@ -1,6 +1,10 @@
 """Pytest plugin: the real gateway (`python -m gateway.cli serve`, uvicorn on a free port) as a
 subprocess in front of the session's real Triton, plus OpenAI clients pointed at it.
 
+Gateways run with auth on: HS256 with `TEST_SECRET` (`LOCALMOE_JWT_SECRET`), issuer and audience
+checked. `GatewayProcess.token` is a valid token for the subject `tests`; `mint_test_token()`
+signs others.
+
 Enable with `pytest_plugins = ["tests.gateway_fixtures"]` in `tests/conftest.py`.
 """
 
@@ -16,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +28,26 @@ import openai
 import pytest
 import yaml
 
+from gateway.auth import mint_token
 from tests.support import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Small enough that the 413 test stays cheap, large enough for every context-length test.
 MAX_BODY_BYTES = 256 * 1024
+TEST_SECRET = "localmoe-tests-secret-0123456789abcdefghijklmnopqrstuvwxyz"
+TEST_ISSUER = "localmoe-tests"
+TEST_AUDIENCE = "localmoe-gateway"
+
+
+def mint_test_token(sub: str = "tests", **claims: Any) -> str:
+    """A token the test gateways accept (`claims`: tenant, models, rpm, tpm, ttl_seconds...)."""
+    claims.setdefault("ttl_seconds", 24 * 3600)
+    return mint_token(TEST_SECRET, sub=sub, issuer=TEST_ISSUER, audience=TEST_AUDIENCE, **claims)
+
+
+def auth(token: str) -> dict[str, str]:
+    """The `Authorization` header carrying `token`."""
+    return {"Authorization": f"Bearer {token}"}
 
 
 @dataclass
@@ -38,11 +57,17 @@ class GatewayProcess:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    token: str = field(default_factory=mint_test_token)
 
     @property
     def base_url(self) -> str:
         """What the OpenAI SDK takes as `base_url`."""
         return f"{self.url}/v1"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The `Authorization` header with `token`."""
+        return auth(self.token)
 
     def log(self) -> str:
         """Everything the gateway wrote to stdout/stderr so far."""
@@ -62,10 +87,13 @@ def start_gateway(
     *,
     triton_urls: list[str],
     config: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
     wait_path: str = "/health/ready",
     timeout: float = 60.0,
 ) -> GatewayProcess:
-    """Start `python -m gateway.cli serve` and wait until `wait_path` answers 200."""
+    """Start `python -m gateway.cli serve` and wait until `wait_path` answers 200.
+
+    `env` adds `LOCALMOE_*` variables to the test defaults (auth with `TEST_SECRET`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1"]
@@ -77,11 +105,15 @@ def start_gateway(
         config_path.write_text(yaml.safe_dump(config))
         command += ["--config", str(config_path)]
     log_path = workdir / "gateway.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALMOE_")}
-    env["LOCALMOE_HEALTH_INTERVAL_S"] = "0.5"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("LOCALMOE_")}
+    environ["LOCALMOE_HEALTH_INTERVAL_S"] = "0.5"
+    environ["LOCALMOE_JWT_SECRET"] = TEST_SECRET
+    environ["LOCALMOE_JWT_ISSUER"] = TEST_ISSUER
+    environ["LOCALMOE_JWT_AUDIENCE"] = TEST_AUDIENCE
+    environ.update(env or {})
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            command, cwd=REPO_ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT
         )
     gateway = GatewayProcess(f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + timeout
@@ -114,7 +146,8 @@ def gateway(triton: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
     process = start_gateway(
         tmp_path_factory.mktemp("gateway"),
         triton_urls=[triton.grpc_url],
-        config={"max_body_bytes": MAX_BODY_BYTES},
+        # No response cache here: these tests are about what the engine generates each time.
+        config={"max_body_bytes": MAX_BODY_BYTES, "cache_enabled": False},
     )
     yield process
     stop_gateway(process)
@@ -138,14 +171,15 @@ def offline_gateway(
 @pytest.fixture(scope="session")
 def model_id(gateway: GatewayProcess) -> str:
     """The OpenAI id the gateway serves the tiny model under."""
-    with urllib.request.urlopen(f"{gateway.base_url}/models", timeout=5) as response:
+    request = urllib.request.Request(f"{gateway.base_url}/models", headers=gateway.headers)
+    with urllib.request.urlopen(request, timeout=5) as response:
         return json.load(response)["data"][0]["id"]
 
 
 @pytest.fixture
 def client(gateway: GatewayProcess) -> Iterator[openai.OpenAI]:
     """The official synchronous OpenAI client; no retries, so errors surface as they are."""
-    with openai.OpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0) as sdk:
+    with openai.OpenAI(base_url=gateway.base_url, api_key=gateway.token, max_retries=0) as sdk:
         yield sdk
 
 

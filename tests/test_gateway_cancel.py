@@ -23,7 +23,9 @@ def _active(triton: Any) -> float:
 @pytest.fixture
 def long_generation(gateway: GatewayProcess, model_id: str) -> dict[str, Any]:
     """Sampling settings that keep the engine busy for the whole context."""
-    card = httpx.get(f"{gateway.base_url}/models/{model_id}", timeout=10).json()
+    card = httpx.get(
+        f"{gateway.base_url}/models/{model_id}", headers=gateway.headers, timeout=10
+    ).json()
     return {"max_tokens": card["max_model_len"] - 64, "ignore_eos": True, "temperature": 1.0}
 
 
@@ -32,7 +34,9 @@ def test_disconnect_mid_stream_cancels_the_triton_request(
 ) -> None:
     body = {"model": model_id, "messages": [{"role": "user", "content": "hi"}], "stream": True}
     url = f"{gateway.base_url}/chat/completions"
-    with httpx.stream("POST", url, json={**body, **long_generation}, timeout=30) as response:
+    with httpx.stream(
+        "POST", url, json={**body, **long_generation}, headers=gateway.headers, timeout=30
+    ) as response:
         events = (line for line in response.iter_lines() if line)
         for _ in range(4):
             next(events)
@@ -47,7 +51,11 @@ def test_disconnect_while_waiting_for_a_whole_answer_cancels_the_triton_request(
     timeout = httpx.Timeout(30, read=2)
     with ThreadPoolExecutor(1) as pool:
         request = pool.submit(
-            httpx.post, f"{gateway.base_url}/completions", json=body, timeout=timeout
+            httpx.post,
+            f"{gateway.base_url}/completions",
+            json=body,
+            headers=gateway.headers,
+            timeout=timeout,
         )
         assert wait_for(lambda: _active(triton) >= 1, timeout=2)
         with pytest.raises(httpx.ReadTimeout):

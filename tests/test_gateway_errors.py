@@ -12,7 +12,7 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 def _post(gateway: GatewayProcess, path: str, **kw: Any) -> httpx.Response:
-    return httpx.post(f"{gateway.base_url}{path}", timeout=30, **kw)
+    return httpx.post(f"{gateway.base_url}{path}", headers=gateway.headers, timeout=30, **kw)
 
 
 def _error(response: httpx.Response) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def test_unknown_model_is_404_model_not_found(gateway: GatewayProcess) -> None:
 
 
 def test_unknown_model_id_in_models_route_is_404(gateway: GatewayProcess) -> None:
-    response = httpx.get(f"{gateway.base_url}/models/nope", timeout=10)
+    response = httpx.get(f"{gateway.base_url}/models/nope", headers=gateway.headers, timeout=10)
     assert response.status_code == 404 and _error(response)["code"] == "model_not_found"
 
 
@@ -79,7 +79,9 @@ def test_oversized_body_is_413(gateway: GatewayProcess, model_id: str) -> None:
 def test_prompt_longer_than_the_context_is_context_length_exceeded(
     gateway: GatewayProcess, model_id: str
 ) -> None:
-    context = httpx.get(f"{gateway.base_url}/models/{model_id}", timeout=10).json()
+    context = httpx.get(
+        f"{gateway.base_url}/models/{model_id}", headers=gateway.headers, timeout=10
+    ).json()
     words = " ".join(f"w{i}" for i in range(context["max_model_len"] + 10))
     body = {"model": model_id, "messages": [{"role": "user", "content": words}]}
     response = _post(gateway, "/chat/completions", json=body)
@@ -106,12 +108,14 @@ def test_unsupported_parameter_value_is_400_not_ignored(
 
 
 def test_unknown_route_is_404_in_openai_shape(gateway: GatewayProcess) -> None:
-    response = httpx.get(f"{gateway.base_url}/nothing-here", timeout=10)
+    response = httpx.get(f"{gateway.base_url}/nothing-here", headers=gateway.headers, timeout=10)
     assert response.status_code == 404 and _error(response)["code"] == "not_found"
 
 
 def test_wrong_method_is_405_in_openai_shape(gateway: GatewayProcess) -> None:
-    response = httpx.get(f"{gateway.base_url}/chat/completions", timeout=10)
+    response = httpx.get(
+        f"{gateway.base_url}/chat/completions", headers=gateway.headers, timeout=10
+    )
     assert response.status_code == 405 and _error(response)["code"] == "method_not_allowed"
 
 

@@ -18,13 +18,15 @@ def test_liveness_and_readiness_are_200_with_triton_up(gateway: GatewayProcess) 
 
 def test_client_request_id_is_echoed(gateway: GatewayProcess) -> None:
     response = httpx.get(
-        f"{gateway.base_url}/models", headers={"x-request-id": "abc-123"}, timeout=10
+        f"{gateway.base_url}/models",
+        headers={"x-request-id": "abc-123", **gateway.headers},
+        timeout=10,
     )
     assert response.headers["x-request-id"] == "abc-123"
 
 
 def test_request_id_is_generated_when_absent(gateway: GatewayProcess) -> None:
-    response = httpx.get(f"{gateway.base_url}/models", timeout=10)
+    response = httpx.get(f"{gateway.base_url}/models", headers=gateway.headers, timeout=10)
     assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
 
 
@@ -35,7 +37,7 @@ def test_access_log_is_one_structured_line_with_the_request_id(
     httpx.post(
         f"{gateway.base_url}/completions",
         json=body,
-        headers={"x-request-id": "log-me-1"},
+        headers={"x-request-id": "log-me-1", **gateway.headers},
         timeout=30,
     )
 
@@ -58,7 +60,13 @@ def test_stream_is_server_sent_events_ending_with_done(
 ) -> None:
     body = {"model": model_id, "messages": [{"role": "user", "content": "hi"}], "stream": True}
     body["max_tokens"] = 4
-    with httpx.stream("POST", f"{gateway.base_url}/chat/completions", json=body, timeout=30) as r:
+    with httpx.stream(
+        "POST",
+        f"{gateway.base_url}/chat/completions",
+        json=body,
+        headers=gateway.headers,
+        timeout=30,
+    ) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         events = [line for line in r.iter_lines() if line]
     assert events[-1] == "data: [DONE]"

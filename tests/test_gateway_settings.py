@@ -55,3 +55,35 @@ def test_triton_urls_from_the_environment_may_be_comma_separated(
 ) -> None:
     monkeypatch.setenv("LOCALMOE_TRITON_URLS", "a:1,b:2")
     assert load_settings().triton_urls == ["a:1", "b:2"]
+
+
+def test_auth_limits_and_cache_defaults() -> None:
+    settings = load_settings()
+    assert (settings.auth, settings.mode, settings.metrics_auth) == (True, "dev", False)
+    assert (settings.rpm, settings.tpm, settings.redis_url) == (None, None, None)
+    assert settings.ratelimit_fail_open and settings.cache_enabled
+
+
+def test_jwt_algorithms_from_the_environment_may_be_comma_separated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LOCALMOE_JWT_ALGORITHMS", "RS256, ES256")
+    assert load_settings().jwt_algorithms == ["RS256", "ES256"]
+
+
+def test_empty_redis_url_means_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCALMOE_REDIS_URL", "")
+    assert load_settings().redis_url is None
+
+
+def test_jwt_secret_is_not_shown_in_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCALMOE_JWT_SECRET", "s3cret-value")
+    settings = load_settings()
+    assert "s3cret-value" not in repr(settings)
+    assert settings.jwt_secret is not None
+    assert settings.jwt_secret.get_secret_value() == "s3cret-value"
+
+
+def test_models_may_opt_out_of_the_cache(tmp_path: Path) -> None:
+    settings = load_settings(_config(tmp_path, "models:\n  - id: m\n    cache: false\n"))
+    assert settings.models[0].cache is False

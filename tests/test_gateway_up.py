@@ -59,6 +59,7 @@ def test_up_prints_a_working_snippet_and_stops_triton_on_sigterm(
     env = {
         k: v for k, v in os.environ.items() if not k.startswith("LOCALMOE_") or k == "LOCALMOE_HOME"
     }
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")  # the development key goes there
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway.cli", "up", "--port", str(free_port())],
         cwd=REPO_ROOT,

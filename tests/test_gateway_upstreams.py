@@ -30,7 +30,9 @@ def test_requests_skip_an_upstream_that_is_down(
     gateway_with_a_dead_replica: GatewayProcess, model_id: str
 ) -> None:
     url = gateway_with_a_dead_replica.base_url
-    with openai.OpenAI(base_url=url, api_key="unused", max_retries=0) as client:
+    with openai.OpenAI(
+        base_url=url, api_key=gateway_with_a_dead_replica.token, max_retries=0
+    ) as client:
         replies = [
             client.completions.create(model=model_id, prompt="Hi", max_tokens=2) for _ in range(4)
         ]

@@ -117,3 +117,21 @@ def test_content_parts_are_joined_for_the_template() -> None:
     parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
     messages = validation.chat_messages(chat(messages=[{"role": "user", "content": parts}]))
     assert messages == [{"role": "user", "content": "a\nb"}]
+
+
+def test_more_messages_than_max_messages_is_400() -> None:
+    request = chat(messages=[{"role": "user", "content": "hi"}] * 3)
+    with pytest.raises(InvalidRequest) as exc:
+        validation.check_chat(request, Settings(max_messages=2))
+    assert exc.value.param == "messages" and "at most 2" in exc.value.message
+
+
+@pytest.mark.parametrize("name", ["max_tokens", "max_completion_tokens"])
+def test_max_tokens_over_max_tokens_limit_is_400(name: str) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        validation.check_chat(chat(**{name: 65}), Settings(max_tokens_limit=64))
+    assert exc.value.param == name
+
+
+def test_max_tokens_limit_caps_the_default_budget() -> None:
+    assert validation.fit_context(100, 10, None, param="messages", cap=20) == 20

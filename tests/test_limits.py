@@ -212,6 +212,32 @@ async def test_tenant_token_budget_is_shared(redis_url: str) -> None:
     assert decision.headers()["x-ratelimit-limit-tokens"] == "100"
 
 
+async def test_fit_tokens_decides_from_what_the_admission_read() -> None:
+    limiter = RateLimiter(LimitsConfig(rpm=10, tpm=100))
+    await limiter.charge_tokens(ALICE, 90)
+    admitted = await limiter.check_request(ALICE)
+    fits, refused = limiter.fit_tokens(admitted, 10), limiter.fit_tokens(admitted, 11)
+    assert fits is not None and fits.allowed
+    assert refused is not None and not refused.allowed
+    assert (
+        refused.retry_after is not None
+        and refused.headers()["x-ratelimit-remaining-tokens"] == "10"
+    )
+
+
+def test_fit_tokens_refuses_a_prompt_over_the_whole_budget_without_retry_after() -> None:
+    limiter = RateLimiter(LimitsConfig(rpm=10, tpm=100))
+    admitted = asyncio.run(limiter.check_request(ALICE))
+    refused = limiter.fit_tokens(admitted, 101)
+    assert refused is not None and not refused.allowed and refused.retry_after is None
+    assert "Request too large" in refused.message
+
+
+async def test_fit_tokens_needs_an_admission_that_read_the_tokens() -> None:
+    limiter = RateLimiter(LimitsConfig(tpm=100))  # no request limit: nothing was read
+    assert limiter.fit_tokens(await limiter.check_request(ALICE), 5) is None
+
+
 async def test_tpm_claim_overrides_the_default() -> None:
     limiter = RateLimiter(LimitsConfig(tpm=10))
     assert (await limiter.check_tokens(Principal(sub="big", tpm=5000), 4000)).allowed

@@ -18,7 +18,7 @@ def _litellm(gateway: GatewayProcess, model_id: str, **kw: object) -> object:
     return litellm.completion(
         model=f"openai/{model_id}",
         api_base=gateway.base_url,
-        api_key="unused",
+        api_key=gateway.token,
         messages=MESSAGES,
         max_tokens=12,
         temperature=0,

@@ -13,7 +13,7 @@ MESSAGES = [{"role": "user", "content": "Write a sentence about lists."}]
 
 def _async_client(gateway: GatewayProcess) -> openai.AsyncOpenAI:
     # Made inside each test so that its connections live and die on that test's event loop.
-    return openai.AsyncOpenAI(base_url=gateway.base_url, api_key="unused", max_retries=0)
+    return openai.AsyncOpenAI(base_url=gateway.base_url, api_key=gateway.token, max_retries=0)
 
 
 async def _stream_text(

@@ -1,8 +1,10 @@
-"""The FastAPI application: middleware, error handlers, routes, and the engine's lifetime.
+"""The FastAPI application: middleware, error handlers, routes, and the lifetime of what they
+share (Triton clients, authenticator, rate limiter, response cache).
 
-Request path: RequestContext (id, access log) → BodySizeLimit (413) → route → engine.
-Issue 4's JWT auth and rate limits belong on the `/v1` router as dependencies (health stays open);
-they need nothing from the engine but the model id.
+Request path: RequestContext (id, access log, metrics, response headers) → BodySizeLimit (413) →
+`/v1` dependencies (JWT auth → request limit) → route → engine (validation and model access →
+token budget → cache → Triton). `/health/*` is always open; `/metrics` needs a token when
+`metrics_auth` is set.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from gateway.api import errors, routes
+from gateway import keys
+from gateway.api import errors, metrics, routes
+from gateway.api.access import Access
 from gateway.api.middleware import BodySizeLimit, RequestContext
+from gateway.cache import ResponseCache
 from gateway.core.engine import Engine
 from gateway.core.models import Catalogue, keep_discovering
 from gateway.settings import Settings
@@ -23,7 +28,10 @@ from gateway.triton.client import TritonPool
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """The gateway application for `settings`; Triton clients open when it starts."""
+    """The gateway application for `settings`; Triton and Redis clients open when it starts.
+
+    Raises `keys.KeyConfigError` when auth is on and no usable key is configured (production)."""
+    access = Access(settings, keys.authenticator(settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -38,7 +46,15 @@ def create_app(settings: Settings) -> FastAPI:
         discovery = asyncio.create_task(
             keep_discovering(catalogue, pool, settings.health_interval_s), name="discovery"
         )
-        app.state.engine = Engine(settings, catalogue, TritonBackend(pool))
+        access.open()
+        cache = None
+        if settings.cache_enabled:
+            cache = ResponseCache(
+                max_entries=settings.cache_max_entries,
+                ttl_seconds=settings.cache_ttl_s,
+                redis_url=settings.redis_url,
+            )
+        app.state.engine = Engine(settings, catalogue, TritonBackend(pool), cache=cache)
         try:
             yield
         finally:
@@ -46,15 +62,21 @@ def create_app(settings: Settings) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await discovery
             await pool.close()
+            await access.close()
+            if cache is not None:
+                await cache.aclose()
 
     app = FastAPI(
         title="LocalMoE gateway",
         summary="OpenAI-compatible API in front of Triton Inference Server",
         lifespan=lifespan,
     )
+    app.state.settings = settings
+    app.state.access = access
     errors.install(app)
     app.include_router(routes.v1)
     app.include_router(routes.health)
+    app.include_router(metrics.router)
     # Added last = outermost.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext, access_log_enabled=settings.access_log)

@@ -30,8 +30,10 @@ def error_body(exc: GatewayError) -> bytes:
 
 
 def error_response(exc: GatewayError) -> Response:
-    """A complete HTTP response for `exc`."""
-    return Response(error_body(exc), status_code=exc.status, media_type="application/json")
+    """A complete HTTP response for `exc`, with its headers."""
+    return Response(
+        error_body(exc), status_code=exc.status, media_type="application/json", headers=exc.headers
+    )
 
 
 def invalid_body(exc: ValidationError, body: bytes) -> InvalidRequest:

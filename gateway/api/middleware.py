@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request ids and access logs, and the request body size limit.
+"""Pure ASGI middleware: request ids, access logs and request metrics, and the body size limit.
 
 Pure ASGI rather than `BaseHTTPMiddleware`, so streamed responses pass through untouched and a
 client disconnect still reaches the route (which cancels the Triton request).
@@ -13,6 +13,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.api import metrics
 from gateway.api.errors import error_body
 from gateway.errors import GatewayError, RequestTooLarge
 
@@ -23,8 +24,10 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 class RequestContext:
-    """Gives every request an id (the client's `x-request-id` if sane), echoes it, logs the
-    exchange as one structured line, and turns any unhandled exception into an OpenAI 500."""
+    """Gives every request an id (the client's `x-request-id` if sane), echoes it, adds the
+    headers the request's handlers left in `state["response_headers"]` (rate limits, cache),
+    logs the exchange as one structured line, counts it in the metrics, and turns any unhandled
+    exception into an OpenAI 500."""
 
     def __init__(self, app: ASGIApp, *, access_log_enabled: bool = True):
         self.app = app
@@ -44,10 +47,11 @@ class RequestContext:
             nonlocal status, sent
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [
-                    *message.get("headers", ()),
-                    (b"x-request-id", request_id.encode()),
-                ]
+                headers = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+                extra = scope["state"].get("response_headers")
+                if extra:
+                    headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+                message["headers"] = headers
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
             await send(message)
@@ -60,6 +64,8 @@ class RequestContext:
                 error = GatewayError("The server had an error while processing your request.")
                 await _send_error(send_with_id, error)
         finally:
+            elapsed = time.perf_counter() - start
+            metrics.observe(scope, status, elapsed)
             if self.access_log_enabled:
                 state = scope["state"]
                 access_log.info(
@@ -73,11 +79,13 @@ class RequestContext:
                             "method": scope["method"],
                             "path": scope["path"],
                             "status": status,
-                            "duration_ms": round((time.perf_counter() - start) * 1000, 2),
+                            "duration_ms": round(elapsed * 1000, 2),
                             "bytes": sent,
                             "client": (scope.get("client") or ("", 0))[0],
                             "model": state.get("model"),
                             "stream": state.get("stream"),
+                            "sub": getattr(state.get("principal"), "sub", None),
+                            "cache": (state.get("response_headers") or {}).get("x-cache"),
                         }
                     },
                 )

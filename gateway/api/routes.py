@@ -1,5 +1,9 @@
 """The HTTP routes: parse the body, hand it to the engine, return JSON or an event stream.
 
+Every `/v1` route needs a bearer token (`access.authenticate`); the generation routes also count
+against the caller's request limit (`access.admit`) before their body is even parsed. A model the
+token does not allow is hidden from `/v1/models` and answers 404 like an unknown one.
+
 Bodies are parsed here (pydantic's JSON parser, straight from bytes) rather than by FastAPI, so a
 malformed body is one of our 400s naming the parameter. Every route notices a client that hangs
 up: the engine's work is cancelled, and with it the Triton request.
@@ -12,15 +16,17 @@ import contextlib
 from collections.abc import AsyncGenerator, Awaitable
 from typing import TypeVar
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive
 
 from gateway.api import sse
+from gateway.api.access import admit, authenticate, call_context
 from gateway.api.errors import error_response, invalid_body
+from gateway.auth import Principal
 from gateway.core.engine import LLMEngine
-from gateway.errors import UpstreamError, UpstreamUnavailable
+from gateway.errors import ModelNotFound, UpstreamError, UpstreamUnavailable
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, HealthStatus, ModelList
 
 T = TypeVar("T")
@@ -29,40 +35,46 @@ R = TypeVar("R", bound=BaseModel)
 # nginx's "client closed request": only ever seen in our access log.
 CLIENT_CLOSED = 499
 
-v1 = APIRouter(prefix="/v1")
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticate)])
 health = APIRouter(prefix="/health")
 
 
 @v1.get("/models")
 async def list_models(request: Request) -> Response:
-    """All served models."""
-    return _json(ModelList(data=_engine(request).models()))
+    """The served models this caller may use."""
+    principal: Principal = request.state.principal
+    models = _engine(request).models()
+    if principal.models is not None:
+        models = [m for m in models if principal.allows_model(m.id)]
+    return _json(ModelList(data=models))
 
 
 @v1.get("/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request) -> Response:
     """One model, or 404 `model_not_found`."""
+    if not request.state.principal.allows_model(model_id):
+        raise ModelNotFound(model_id)
     return _json(_engine(request).model(model_id))
 
 
-@v1.post("/chat/completions")
+@v1.post("/chat/completions", dependencies=[Depends(admit)])
 async def create_chat_completion(request: Request) -> Response:
     """OpenAI chat completions, streamed or not."""
     body = await _parse(request, ChatCompletionRequest)
-    engine, request_id = _engine(request), request.state.request_id
+    engine, ctx = _engine(request), call_context(request)
     if body.stream:
-        return await _stream(request, engine.chat_stream(body, request_id))
-    return await _respond(request, engine.chat(body, request_id))
+        return await _stream(request, engine.chat_stream(body, ctx))
+    return await _respond(request, engine.chat(body, ctx))
 
 
-@v1.post("/completions")
+@v1.post("/completions", dependencies=[Depends(admit)])
 async def create_completion(request: Request) -> Response:
     """OpenAI (legacy) text completions, streamed or not."""
     body = await _parse(request, CompletionRequest)
-    engine, request_id = _engine(request), request.state.request_id
+    engine, ctx = _engine(request), call_context(request)
     if body.stream:
-        return await _stream(request, engine.completion_stream(body, request_id))
-    return await _respond(request, engine.completion(body, request_id))
+        return await _stream(request, engine.completion_stream(body, ctx))
+    return await _respond(request, engine.completion(body, ctx))
 
 
 @health.get("/live")

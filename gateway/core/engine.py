@@ -1,9 +1,11 @@
 """The OpenAI engine: one method per endpoint, OpenAI objects in and out, no HTTP and no tensors.
 
-A request goes: validation → (chat template) → prompt token count and context check → one backend
-generation per prompt and per `n` → OpenAI response, or chunks as the deltas arrive. Non-streaming
-answers aggregate the very same delta streams. Issue 4's response cache sits between the context
-check and the backend call; auth and rate limits stay in the HTTP layer.
+A request goes: validation (model access included) → (chat template) → prompt token count and
+context check → the caller's token budget → response cache → one backend generation per prompt and
+per `n` → OpenAI response, or chunks as the deltas arrive; then the used tokens are charged (also
+when the client left) and a normal finish fills the cache. Non-streaming answers aggregate the
+very same delta streams; cached answers are replayed as either. Authentication and the request
+limit stay in the HTTP layer, which describes the caller in a `CallContext`.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway import protocol
+from gateway.cache import CachedChoice, CachedCompletion, ResponseCache, cache_key, is_cacheable
 from gateway.core import validation
+from gateway.core.context import CallContext, TokenMeter
 from gateway.core.models import Catalogue, ServedModel
-from gateway.errors import InvalidRequest, UpstreamError
+from gateway.errors import InvalidRequest, ModelNotFound, UpstreamError
 from gateway.generation import Backend, Delta, GenerationRequest, SamplingParams
 from gateway.protocol import (
     ChatCompletionChunk,
@@ -30,6 +34,9 @@ from gateway.protocol import (
     CompletionResponse,
 )
 from gateway.settings import Settings
+
+# Tasks nobody awaits (charging a client that went away) must be referenced until they finish.
+_background: set[asyncio.Task[None]] = set()
 
 
 class LLMEngine(Protocol):
@@ -47,22 +54,24 @@ class LLMEngine(Protocol):
         """One model's entry, or `ModelNotFound`."""
         ...
 
-    async def chat(self, request: ChatCompletionRequest, request_id: str) -> ChatCompletionResponse:
+    async def chat(
+        self, request: ChatCompletionRequest, ctx: CallContext
+    ) -> ChatCompletionResponse:
         """A whole chat completion."""
         ...
 
     def chat_stream(
-        self, request: ChatCompletionRequest, request_id: str
+        self, request: ChatCompletionRequest, ctx: CallContext
     ) -> AsyncGenerator[ChatCompletionChunk, None]:
         """Chat completion chunks; the first one is yielded once the upstream has answered."""
         ...
 
-    async def completion(self, request: CompletionRequest, request_id: str) -> CompletionResponse:
+    async def completion(self, request: CompletionRequest, ctx: CallContext) -> CompletionResponse:
         """A whole text completion."""
         ...
 
     def completion_stream(
-        self, request: CompletionRequest, request_id: str
+        self, request: CompletionRequest, ctx: CallContext
     ) -> AsyncGenerator[CompletionResponse, None]:
         """Text completion chunks; the first one is yielded once the upstream has answered."""
         ...
@@ -78,6 +87,9 @@ class _Job:
     params: SamplingParams
     n: int
     include_usage: bool
+    cache_key: str | None = None
+    """Set when the answer may come from, and go to, the response cache."""
+    echo: bool = False
 
 
 @dataclass(slots=True)
@@ -110,10 +122,17 @@ class _Choice:
 class Engine:
     """`LLMEngine` on top of a models catalogue and a generation backend (Triton)."""
 
-    def __init__(self, settings: Settings, catalogue: Catalogue, backend: Backend):
+    def __init__(
+        self,
+        settings: Settings,
+        catalogue: Catalogue,
+        backend: Backend,
+        cache: ResponseCache | None = None,
+    ):
         self._settings = settings
         self.catalogue = catalogue
         self.backend = backend
+        self.cache = cache
 
     def ready(self) -> bool:
         """True when a model is known and an upstream is ready."""
@@ -127,10 +146,29 @@ class Engine:
         """One model's entry, or `ModelNotFound`."""
         return self.catalogue.get(model_id).card()
 
-    async def chat(self, request: ChatCompletionRequest, request_id: str) -> ChatCompletionResponse:
+    async def chat(
+        self, request: ChatCompletionRequest, ctx: CallContext
+    ) -> ChatCompletionResponse:
         """A whole chat completion."""
-        job = await self._prepare_chat(request)
-        results = await self._collect_all(job, request_id)
+        job = await self._prepare_chat(request, ctx)
+        cached = await self._lookup(job, _CHAT, ctx)
+        if cached is not None:
+            return ChatCompletionResponse(
+                id=_new_id("chatcmpl"),
+                created=cached.created,
+                model=job.model.id,
+                choices=[
+                    protocol.ChatCompletionChoice(
+                        index=c.index,
+                        message=protocol.ChatCompletionMessage(content=c.text),
+                        finish_reason=c.finish_reason,  # type: ignore[arg-type]
+                    )
+                    for c in cached.choices
+                ],
+                usage=_cached_usage(cached),
+            )
+        results = await self._collect_all(job, ctx)
+        await self._fill(job, _CHAT, results)
         return ChatCompletionResponse(
             id=_new_id("chatcmpl"),
             created=int(time.time()),
@@ -148,10 +186,11 @@ class Engine:
         )
 
     async def chat_stream(
-        self, request: ChatCompletionRequest, request_id: str
+        self, request: ChatCompletionRequest, ctx: CallContext
     ) -> AsyncGenerator[ChatCompletionChunk, None]:
         """Role chunk, content chunks and one finish chunk per choice, then usage if asked."""
-        job = await self._prepare_chat(request)
+        job = await self._prepare_chat(request, ctx)
+        cached = await self._lookup(job, _CHAT, ctx)
         chunk_id, created, model_id = _new_id("chatcmpl"), int(time.time()), job.model.id
 
         def chunk(
@@ -167,32 +206,70 @@ class Engine:
                 id=chunk_id, created=created, model=model_id, choices=[choice]
             )
 
+        if cached is not None:
+            for c in cached.choices:
+                yield chunk(c.index, protocol.DeltaMessage(role="assistant", content=""))
+                if c.text:
+                    yield chunk(c.index, protocol.DeltaMessage(content=c.text))
+                yield chunk(c.index, protocol.DeltaMessage(), finish_reason=c.finish_reason)
+            if job.include_usage:
+                yield ChatCompletionChunk(
+                    id=chunk_id,
+                    created=created,
+                    model=model_id,
+                    choices=[],
+                    usage=_cached_usage(cached),
+                )
+            return
+
         choices = [_Choice() for _ in range(len(job.prompts) * job.n)]
-        async for index, delta in self._deltas(job, request_id):
-            choice = choices[index]
-            if not choice.seen:
-                yield chunk(index, protocol.DeltaMessage(role="assistant", content=""))
-            choice.add(delta)
-            if delta.text or (job.params.logprobs and delta.logprobs):
-                logprobs = None
-                if job.params.logprobs:
-                    logprobs = _chat_logprobs(_token_logprobs(delta))
-                yield chunk(index, protocol.DeltaMessage(content=delta.text), logprobs=logprobs)
-            if choice.finish_reason is not None:
-                yield chunk(index, protocol.DeltaMessage(), finish_reason=choice.finish_reason)
+        try:
+            async for index, delta in self._deltas(job, ctx.request_id):
+                choice = choices[index]
+                if not choice.seen:
+                    yield chunk(index, protocol.DeltaMessage(role="assistant", content=""))
+                choice.add(delta)
+                if delta.text or (job.params.logprobs and delta.logprobs):
+                    logprobs = None
+                    if job.params.logprobs:
+                        logprobs = _chat_logprobs(_token_logprobs(delta))
+                    yield chunk(index, protocol.DeltaMessage(content=delta.text), logprobs=logprobs)
+                if choice.finish_reason is not None:
+                    yield chunk(index, protocol.DeltaMessage(), finish_reason=choice.finish_reason)
+        except BaseException:
+            _charge_later(ctx.meter, job, choices)
+            raise
+        await _charge(ctx.meter, job, choices)
+        await self._fill(job, _CHAT, choices)
         if job.include_usage:
             yield ChatCompletionChunk(
                 id=chunk_id, created=created, model=model_id, choices=[], usage=_usage(job, choices)
             )
 
-    async def completion(self, request: CompletionRequest, request_id: str) -> CompletionResponse:
+    async def completion(self, request: CompletionRequest, ctx: CallContext) -> CompletionResponse:
         """A whole text completion; choice `i*n + k` is sample `k` of prompt `i`."""
-        job = await self._prepare_completion(request)
-        results = await self._collect_all(job, request_id)
+        job = await self._prepare_completion(request, ctx)
+        cached = await self._lookup(job, _COMPLETION, ctx)
+        if cached is not None:
+            return CompletionResponse(
+                id=_new_id("cmpl"),
+                created=cached.created,
+                model=job.model.id,
+                choices=[
+                    protocol.CompletionChoice(
+                        index=c.index,
+                        text=_echo(job, c.index) + c.text,
+                        finish_reason=c.finish_reason,  # type: ignore[arg-type]
+                    )
+                    for c in cached.choices
+                ],
+                usage=_cached_usage(cached),
+            )
+        results = await self._collect_all(job, ctx)
+        await self._fill(job, _COMPLETION, results)
         choices = []
         for index, result in enumerate(results):
-            prefix = job.prompts[index // job.n] if request.echo else ""
-            text = prefix + "".join(result.text)
+            text = _echo(job, index) + "".join(result.text)
             logprobs = _completion_logprobs(result.logprobs, 0) if job.params.logprobs else None
             choices.append(
                 protocol.CompletionChoice(
@@ -208,10 +285,11 @@ class Engine:
         )
 
     async def completion_stream(
-        self, request: CompletionRequest, request_id: str
+        self, request: CompletionRequest, ctx: CallContext
     ) -> AsyncGenerator[CompletionResponse, None]:
         """Text chunks and one finish chunk per choice, then usage if asked."""
-        job = await self._prepare_completion(request)
+        job = await self._prepare_completion(request, ctx)
+        cached = await self._lookup(job, _COMPLETION, ctx)
         chunk_id, created, model_id = _new_id("cmpl"), int(time.time()), job.model.id
 
         def chunk(
@@ -227,28 +305,51 @@ class Engine:
                 id=chunk_id, created=created, model=model_id, choices=[choice]
             )
 
+        if cached is not None:
+            for c in cached.choices:
+                if job.echo:
+                    yield chunk(c.index, _echo(job, c.index))
+                if c.text:
+                    yield chunk(c.index, c.text)
+                yield chunk(c.index, "", finish_reason=c.finish_reason)
+            if job.include_usage:
+                yield CompletionResponse(
+                    id=chunk_id,
+                    created=created,
+                    model=model_id,
+                    choices=[],
+                    usage=_cached_usage(cached),
+                )
+            return
+
         choices = [_Choice() for _ in range(len(job.prompts) * job.n)]
-        async for index, delta in self._deltas(job, request_id):
-            choice = choices[index]
-            if request.echo and not choice.seen:
-                yield chunk(index, job.prompts[index // job.n])
-            offset = choice.chars  # echo and logprobs never come together (validation)
-            choice.add(delta)
-            if delta.text or (job.params.logprobs and delta.logprobs):
-                logprobs = None
-                if job.params.logprobs:
-                    logprobs = _completion_logprobs(_token_logprobs(delta), offset)
-                yield chunk(index, delta.text, logprobs=logprobs)
-            if choice.finish_reason is not None:
-                yield chunk(index, "", finish_reason=choice.finish_reason)
+        try:
+            async for index, delta in self._deltas(job, ctx.request_id):
+                choice = choices[index]
+                if job.echo and not choice.seen:
+                    yield chunk(index, _echo(job, index))
+                offset = choice.chars  # echo and logprobs never come together (validation)
+                choice.add(delta)
+                if delta.text or (job.params.logprobs and delta.logprobs):
+                    logprobs = None
+                    if job.params.logprobs:
+                        logprobs = _completion_logprobs(_token_logprobs(delta), offset)
+                    yield chunk(index, delta.text, logprobs=logprobs)
+                if choice.finish_reason is not None:
+                    yield chunk(index, "", finish_reason=choice.finish_reason)
+        except BaseException:
+            _charge_later(ctx.meter, job, choices)
+            raise
+        await _charge(ctx.meter, job, choices)
+        await self._fill(job, _COMPLETION, choices)
         if job.include_usage:
             yield CompletionResponse(
                 id=chunk_id, created=created, model=model_id, choices=[], usage=_usage(job, choices)
             )
 
-    async def _prepare_chat(self, request: ChatCompletionRequest) -> _Job:
+    async def _prepare_chat(self, request: ChatCompletionRequest, ctx: CallContext) -> _Job:
         validation.check_chat(request, self._settings)
-        model = self.catalogue.get(request.model)
+        model = self._model(request.model, ctx)
         if model.chat_template is None:
             raise InvalidRequest(
                 f"Model '{model.id}' has no chat template; use /v1/completions.", param="model"
@@ -260,7 +361,10 @@ class Engine:
             prompt_tokens,
             validation.requested_max_tokens(request),
             param="messages",
+            cap=self._settings.max_tokens_limit,
         )
+        if ctx.meter is not None:
+            await ctx.meter.check(prompt_tokens)
         return _Job(
             model=model,
             prompts=[prompt],
@@ -268,18 +372,25 @@ class Engine:
             params=validation.sampling_params(request, max_tokens, logprobs=bool(request.logprobs)),
             n=request.n or 1,
             include_usage=_include_usage(request),
+            cache_key=self._cache_key(request, model, ctx),
         )
 
-    async def _prepare_completion(self, request: CompletionRequest) -> _Job:
+    async def _prepare_completion(self, request: CompletionRequest, ctx: CallContext) -> _Job:
         validation.check_completion(request, self._settings)
-        model = self.catalogue.get(request.model)
+        model = self._model(request.model, ctx)
         prompts = [request.prompt] if isinstance(request.prompt, str) else list(request.prompt)
         counts = [await model.tokenizer.count_async(p, add_special_tokens=True) for p in prompts]
         requested = validation.requested_max_tokens(request)
         # One budget for all prompts, as the request has one max_tokens: the longest prompt decides.
         max_tokens = validation.fit_context(
-            model.context_length, max(counts), requested, param="prompt"
+            model.context_length,
+            max(counts),
+            requested,
+            param="prompt",
+            cap=self._settings.max_tokens_limit,
         )
+        if ctx.meter is not None:
+            await ctx.meter.check(sum(counts))
         return _Job(
             model=model,
             prompts=prompts,
@@ -289,6 +400,64 @@ class Engine:
             ),
             n=request.n or 1,
             include_usage=_include_usage(request),
+            cache_key=self._cache_key(request, model, ctx),
+            echo=bool(request.echo),
+        )
+
+    def _model(self, model_id: str, ctx: CallContext) -> ServedModel:
+        # A model the caller may not use answers exactly like one that does not exist.
+        if ctx.allows_model is not None and not ctx.allows_model(model_id):
+            raise ModelNotFound(model_id)
+        return self.catalogue.get(model_id)
+
+    def _cache_key(
+        self, request: validation.Request, model: ServedModel, ctx: CallContext
+    ) -> str | None:
+        if self.cache is None:
+            return None
+        ctx.headers["x-cache"] = "miss"
+        if not model.cache:
+            return None
+        flags = {
+            "cache": request.cache,
+            "logprobs": request.logprobs,
+            "seed": request.seed,
+            "temperature": request.temperature,
+        }
+        if not is_cacheable(flags, ctx.cache_control):
+            return None
+        # Fields the client did not send are left out (the normalisation drops defaults anyway);
+        # unknown fields were already dropped by the parser and cannot change the answer.
+        return cache_key(ctx.tenant, model.cache_identity, request.model_dump(exclude_unset=True))
+
+    async def _lookup(self, job: _Job, kind: str, ctx: CallContext) -> CachedCompletion | None:
+        if job.cache_key is None or self.cache is None:
+            return None
+        cached = await self.cache.get(job.cache_key)
+        if cached is None or cached.object != kind or len(cached.choices) != _choices(job):
+            return None
+        ctx.headers["x-cache"] = "hit"
+        return cached
+
+    async def _fill(self, job: _Job, kind: str, choices: Sequence[_Choice]) -> None:
+        """Cache an answer whose every choice finished normally."""
+        if job.cache_key is None or self.cache is None:
+            return
+        if any(c.finish_reason is None for c in choices):
+            return
+        usage = _usage(job, choices)
+        await self.cache.put(
+            job.cache_key,
+            CachedCompletion(
+                object=kind,
+                model=job.model.id,
+                created=int(time.time()),
+                choices=tuple(
+                    CachedChoice(i, "".join(c.text), c.finish_reason) for i, c in enumerate(choices)
+                ),
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+            ),
         )
 
     def _generations(self, job: _Job, request_id: str) -> list[AsyncGenerator[Delta, None]]:
@@ -310,10 +479,15 @@ class Engine:
     def _deltas(self, job: _Job, request_id: str) -> AsyncGenerator[tuple[int, Delta], None]:
         return _merge(self._generations(job, request_id))
 
-    async def _collect_all(self, job: _Job, request_id: str) -> list[_Choice]:
-        choices = [_Choice() for _ in range(len(job.prompts) * job.n)]
-        async for index, delta in self._deltas(job, request_id):
-            choices[index].add(delta)
+    async def _collect_all(self, job: _Job, ctx: CallContext) -> list[_Choice]:
+        choices = [_Choice() for _ in range(_choices(job))]
+        try:
+            async for index, delta in self._deltas(job, ctx.request_id):
+                choices[index].add(delta)
+        except BaseException:  # the client left (cancelled) or the upstream failed
+            _charge_later(ctx.meter, job, choices)
+            raise
+        await _charge(ctx.meter, job, choices)
         return choices
 
 
@@ -353,6 +527,52 @@ async def _merge(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+_CHAT, _COMPLETION = "chat.completion", "text_completion"
+
+
+def _choices(job: _Job) -> int:
+    return len(job.prompts) * job.n
+
+
+def _echo(job: _Job, index: int) -> str:
+    return job.prompts[index // job.n] if job.echo else ""
+
+
+def _used(job: _Job, choices: Sequence[_Choice]) -> int:
+    """Tokens to charge: prompts and completions of the generations that started."""
+    return _usage(job, choices).total_tokens if any(c.seen for c in choices) else 0
+
+
+async def _charge(meter: TokenMeter | None, job: _Job, choices: Sequence[_Choice]) -> None:
+    if meter is not None:
+        used = _used(job, choices)
+        if used:
+            await meter.charge(used)
+
+
+def _charge_later(meter: TokenMeter | None, job: _Job, choices: Sequence[_Choice]) -> None:
+    # Called while the request's task is being cancelled: an await here would be cancelled too.
+    if meter is None:
+        return
+    used = _used(job, choices)
+    if not used:
+        return
+    try:
+        task = asyncio.get_running_loop().create_task(meter.charge(used))
+    except RuntimeError:  # finalised after its event loop stopped: nothing left to charge with
+        return
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+def _cached_usage(cached: CachedCompletion) -> protocol.Usage:
+    return protocol.Usage(
+        prompt_tokens=cached.prompt_tokens,
+        completion_tokens=cached.completion_tokens,
+        total_tokens=cached.total_tokens,
+    )
 
 
 def _include_usage(request: ChatCompletionRequest | CompletionRequest) -> bool:

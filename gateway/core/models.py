@@ -9,6 +9,7 @@ or of `preprocessing`, which NVIDIA's layout also gives the tokenizer location.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -41,6 +42,10 @@ class ServedModel:
     tokenizer: PromptTokenizer
     chat_template: ChatTemplate | None
     created: int
+    cache: bool = True
+    """Whether answers may be cached (`models[].cache`)."""
+    cache_identity: str = ""
+    """Names the model in cache keys; changes when its configuration or weight files change."""
 
     def card(self) -> protocol.Model:
         """The model's `/v1/models` entry."""
@@ -76,7 +81,7 @@ class Catalogue:
         waiting = []
         for entry in self._pending:
             if entry.id and entry.tokenizer_dir:
-                await self._add(entry.id, entry.route, entry.tokenizer_dir, entry.context_length)
+                await self._add(entry.id, entry.route, entry.tokenizer_dir, entry)
             elif self._discover:
                 waiting.append(entry)
             else:
@@ -102,15 +107,15 @@ class Catalogue:
                     "route %s has no tokenizer_dir parameter; set models[].tokenizer_dir", route
                 )
                 continue
-            await self._add(model_id, route, Path(tokenizer_dir), entry.context_length)
+            await self._add(model_id, route, Path(tokenizer_dir), entry)
         self._pending = waiting
 
     async def _add(
-        self, model_id: str, route: str, tokenizer_dir: Path, context_length: int | None
+        self, model_id: str, route: str, tokenizer_dir: Path, entry: ModelSettings
     ) -> None:
         try:
             model = await asyncio.to_thread(
-                load_model, model_id, route, tokenizer_dir, context_length
+                load_model, model_id, route, tokenizer_dir, entry.context_length, cache=entry.cache
             )
         except (OSError, ValueError) as exc:
             log.error("cannot serve model %s from %s: %s", model_id, tokenizer_dir, exc)
@@ -126,7 +131,12 @@ class Catalogue:
 
 
 def load_model(
-    model_id: str, route: str, tokenizer_dir: Path, context_length: int | None = None
+    model_id: str,
+    route: str,
+    tokenizer_dir: Path,
+    context_length: int | None = None,
+    *,
+    cache: bool = True,
 ) -> ServedModel:
     """Read a model's tokenizer, chat template and context length from its folder (blocking)."""
     return ServedModel(
@@ -136,6 +146,8 @@ def load_model(
         tokenizer=PromptTokenizer.from_dir(tokenizer_dir),
         chat_template=ChatTemplate.from_dir(tokenizer_dir),
         created=int(time.time()),
+        cache=cache,
+        cache_identity=f"{model_id}|{route}|{_fingerprint(Path(tokenizer_dir))}",
     )
 
 
@@ -151,6 +163,19 @@ def _context_length(model_dir: Path) -> int:
     if isinstance(limit, int) and limit < 10**8:  # HF writes 1e30 for "no limit"
         return limit
     raise ValueError(f"cannot tell the context length of {model_dir}; set models[].context_length")
+
+
+def _fingerprint(model_dir: Path) -> str:
+    # The same on every replica (contents and sizes, not mtimes), different after a rebuild that
+    # changes the config or the size of a weight file. Entries also expire after `cache_ttl_s`.
+    digest = hashlib.sha256()
+    for name in ("config.json", "tokenizer_config.json"):
+        path = model_dir / name
+        if path.is_file():
+            digest.update(path.read_bytes())
+    for path in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
+        digest.update(f"{path.name}:{path.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
 
 
 def _non_empty(params: dict[str, str]) -> dict[str, str]:

@@ -24,6 +24,12 @@ def check_chat(request: ChatCompletionRequest, settings: Settings) -> None:
     """Reject a chat request whose values this gateway cannot honour."""
     if not request.messages:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")
+    if settings.max_messages is not None and len(request.messages) > settings.max_messages:
+        raise InvalidRequest(
+            f"'messages' may hold at most {settings.max_messages} messages on this server, "
+            f"got {len(request.messages)}.",
+            param="messages",
+        )
     for i, message in enumerate(request.messages):
         if isinstance(message.content, list):
             for j, part in enumerate(message.content):
@@ -110,9 +116,16 @@ def requested_max_tokens(request: Request) -> int | None:
 
 
 def fit_context(
-    context_length: int, prompt_tokens: int, max_tokens: int | None, *, param: str
+    context_length: int,
+    prompt_tokens: int,
+    max_tokens: int | None,
+    *,
+    param: str,
+    cap: int | None = None,
 ) -> int:
-    """The completion budget once the prompt is in the context, or 400 `context_length_exceeded`."""
+    """The completion budget once the prompt is in the context, or 400 `context_length_exceeded`.
+
+    Without `max_tokens` the budget is the rest of the context, at most `cap`."""
     room = context_length - prompt_tokens
     if max_tokens is None:
         if room < 1:
@@ -122,7 +135,7 @@ def fit_context(
                 f"Please reduce the length of the {param}.",
                 param=param,
             )
-        return room
+        return room if cap is None else min(room, cap)
     if max_tokens > room:
         raise ContextLengthExceeded(
             f"This model's maximum context length is {context_length} tokens. However, "
@@ -162,6 +175,15 @@ def _check_common(request: Request, settings: Settings) -> None:
         raise InvalidRequest(f"'top_p' must be in (0, 1], got {request.top_p}.", param="top_p")
     if request.n is not None:
         _between("n", request.n, 1, settings.max_n)
+    if settings.max_tokens_limit is not None:
+        for name in ("max_tokens", "max_completion_tokens"):
+            value = getattr(request, name, None)
+            if value is not None and value > settings.max_tokens_limit:
+                raise InvalidRequest(
+                    f"'{name}' may be at most {settings.max_tokens_limit} on this server, "
+                    f"got {value}.",
+                    param=name,
+                )
     if request.top_k is not None:
         _at_least("top_k", request.top_k, -1)
     if request.seed is not None:

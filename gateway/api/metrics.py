@@ -1,0 +1,52 @@
+"""Prometheus metrics of the gateway process and the `/metrics` route that exposes them.
+
+Requests are counted by method, route template and status, with their duration (for a stream: up
+to its last byte); the rate-limit and cache counters of `gateway.limits` and `gateway.cache`
+share the same default registry. `metrics_auth` puts `/metrics` behind a bearer token.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.responses import Response
+from starlette.types import Scope
+
+REQUESTS = Counter(
+    "localmoe_http_requests_total",
+    "HTTP requests by method, route template and status",
+    ["method", "route", "status"],
+)
+DURATION = Histogram(
+    "localmoe_http_request_duration_seconds",
+    "HTTP request duration until the last byte of the response, by method and route template",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+# Label children by (method, route, status): a handful of routes, so this stays small.
+_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+router = APIRouter()
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition of this process's metrics."""
+    if request.app.state.settings.metrics_auth:
+        request.app.state.access.principal(request.headers.get("authorization"))
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def observe(scope: Scope, status: int, seconds: float) -> None:
+    """Count one finished request; `scope["route"]` names the matched route, if any."""
+    route = scope.get("route")
+    key = (scope["method"], getattr(route, "path", "unmatched"), status)
+    children = _children.get(key)
+    if children is None:
+        children = _children[key] = (
+            REQUESTS.labels(key[0], key[1], str(status)),
+            DURATION.labels(key[0], key[1]),
+        )
+    children[0].inc()
+    children[1].observe(seconds)
