@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a Triton gRPC endpoint (repeatable: round robin; default 127.0.0.1:8001)",
     )
     serve.add_argument("--config", type=Path, default=None, help="YAML settings file")
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="worker processes (default 1); limits and cache are shared only with redis_url",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     up = sub.add_parser("up", help="build the tiny model if needed, start Triton and the gateway")
@@ -165,7 +171,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings(
         args.config, host=args.host, port=args.port, triton_urls=args.triton_url
     )
-    return serve(settings)
+    return serve(settings, workers=args.workers)
 
 
 def _cmd_up(args: argparse.Namespace) -> int:

@@ -7,9 +7,11 @@ the gateway builds responses from these models and never assembles JSON dicts by
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import to_json
 
 FinishReason = Literal["stop", "length"]
 
@@ -232,3 +234,36 @@ class ErrorResponse(_Response):
 
 class HealthStatus(_Response):
     status: Literal["live", "ready"]
+
+
+# --- streaming --------------------------------------------------------------------------------
+
+_TEXT_MARKER = "\x00localmoe-text\x00"
+
+
+class TextChunks:
+    """The JSON of one stream's text chunks, which differ only in their text (and choice index).
+
+    `sample(index, text)` builds the chunk model; it is serialised once per index with a marker
+    for the text, and each token then costs one string encoding instead of building and
+    serialising three models. The bytes are exactly what serialising the model would give.
+    """
+
+    __slots__ = ("_parts", "_sample")
+
+    def __init__(self, sample: Callable[[int, str], BaseModel]):
+        self._sample = sample
+        self._parts: dict[int, tuple[bytes, bytes]] = {}
+
+    def json(self, index: int, text: str) -> bytes:
+        """The serialised chunk of choice `index` carrying `text`."""
+        parts = self._parts.get(index)
+        if parts is None:
+            model = self._sample(index, _TEXT_MARKER)
+            head, marker, tail = model.__pydantic_serializer__.to_json(model).partition(
+                to_json(_TEXT_MARKER)
+            )
+            if not marker:
+                raise ValueError("the sample chunk does not carry its text")
+            parts = self._parts[index] = (head, tail)
+        return parts[0] + to_json(text) + parts[1]

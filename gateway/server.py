@@ -4,22 +4,34 @@ Both run uvicorn on uvloop + httptools in the main thread and exit cleanly on SI
 uvicorn drains the open requests, then `up` stops the Triton it started. With no JWT key
 configured, dev mode verifies tokens with the development secret (created on first start);
 `up` prints a token signed with it, production mode refuses to start.
+
+`serve` with `workers` > 1 runs uvicorn's process supervisor: N worker processes share the
+listening socket, each building its own app (Triton channels, limiter, cache) from the same
+settings, which the supervisor hands over in a private temporary folder. Prometheus runs in
+multiprocess mode there, so `/metrics` on any worker reports the sum of all of them. Rate limits
+and the response cache are exact across workers only with `redis_url`; in memory each worker
+counts and caches on its own. SIGTERM/SIGINT stop every worker gracefully, then the folder goes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import uvicorn
 import uvloop
 from fastapi import FastAPI
+from uvicorn.supervisors import Multiprocess
 
 from gateway import keys
 from gateway.api.app import create_app
@@ -33,11 +45,16 @@ _GRACEFUL_SHUTDOWN_S = 5
 _UP_TOKEN_TTL_S = 7 * 24 * 3600
 # Exit status for a configuration that cannot work (as argparse uses for bad arguments).
 _CONFIG_ERROR = 2
+# Where a worker process finds its settings (a file only this user can read).
+_WORKER_SETTINGS = "LOCALMOE_WORKER_SETTINGS_FILE"
+_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, workers: int = 1) -> int:
     """Serve the gateway in the foreground until SIGINT/SIGTERM; the exit status."""
     configure_logging(settings)
+    if workers > 1:
+        return _serve_workers(settings, workers)
     try:
         app = create_app(settings)
     except keys.KeyConfigError as exc:
@@ -48,6 +65,61 @@ def serve(settings: Settings) -> int:
     with _sigterm_exits():
         _run(server)
     return 0 if server.started else 1
+
+
+def worker_app() -> FastAPI:
+    """The app of one `serve --workers N` worker process (uvicorn calls this factory)."""
+    settings = Settings.model_validate_json(Path(os.environ[_WORKER_SETTINGS]).read_bytes())
+    configure_logging(settings)
+    return create_app(settings)
+
+
+def _serve_workers(settings: Settings, workers: int) -> int:
+    try:
+        # Here, not in the workers: a bad key fails once, and the dev secret is created once.
+        keys.authenticator(settings)
+    except keys.KeyConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return _CONFIG_ERROR
+    log.info("auth: %s", keys.describe_key(settings))
+    if settings.redis_url is None:
+        log.warning(
+            "%d workers without redis_url: each worker keeps its own rate-limit counters and "
+            "response cache (set redis_url to share them)",
+            workers,
+        )
+    with tempfile.TemporaryDirectory(prefix="localmoe-serve-") as state:
+        settings_file = Path(state) / "settings.json"
+        settings_file.touch(mode=0o600)
+        settings_file.write_text(_settings_json(settings))
+        metrics_dir = Path(state) / "metrics"
+        metrics_dir.mkdir()
+        # Inherited by the spawned workers; prometheus_client reads it when they import it.
+        os.environ[_WORKER_SETTINGS] = str(settings_file)
+        os.environ[_MULTIPROC_DIR] = str(metrics_dir)
+        config = uvicorn.Config(
+            "gateway.server:worker_app",
+            factory=True,
+            workers=workers,
+            host=settings.host,
+            port=settings.port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
+        )
+        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        supervisor.run()
+    return 0
+
+
+def _settings_json(settings: Settings) -> str:
+    data = settings.model_dump(mode="json")
+    if settings.jwt_secret is not None:  # dumped masked otherwise
+        data["jwt_secret"] = settings.jwt_secret.get_secret_value()
+    return json.dumps(data)
 
 
 def up(settings: Settings) -> int:

@@ -88,12 +88,14 @@ def start_gateway(
     triton_urls: list[str],
     config: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
+    args: list[str] | None = None,
     wait_path: str = "/health/ready",
     timeout: float = 60.0,
 ) -> GatewayProcess:
     """Start `python -m gateway.cli serve` and wait until `wait_path` answers 200.
 
-    `env` adds `LOCALMOE_*` variables to the test defaults (auth with `TEST_SECRET`)."""
+    `env` adds `LOCALMOE_*` variables to the test defaults (auth with `TEST_SECRET`); `args` are
+    more command-line arguments (`--workers 2`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1"]
@@ -104,6 +106,7 @@ def start_gateway(
         config_path = workdir / "gateway.yaml"
         config_path.write_text(yaml.safe_dump(config))
         command += ["--config", str(config_path)]
+    command += args or []
     log_path = workdir / "gateway.log"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("LOCALMOE_")}
     environ["LOCALMOE_HEALTH_INTERVAL_S"] = "0.5"

@@ -14,6 +14,7 @@ from gateway.protocol import (
     ChatCompletionStreamChoice,
     CompletionRequest,
     DeltaMessage,
+    TextChunks,
     Usage,
 )
 
@@ -78,3 +79,17 @@ def test_stream_chunk_has_null_finish_reason_and_no_usage_until_the_end() -> Non
         update={"choices": [], "usage": Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3)}
     )
     assert json.loads(final.model_dump_json())["usage"]["total_tokens"] == 3
+
+
+@pytest.mark.parametrize(
+    "text", ["hi", ' "quoted" \\ back', "line\nbreak\ttab\x01", "héllo 世界 🙂", ""]
+)
+def test_text_chunks_serialise_exactly_like_their_model(text: str) -> None:
+    def chunk(index: int, content: str) -> ChatCompletionChunk:
+        choice = ChatCompletionStreamChoice(index=index, delta=DeltaMessage(content=content))
+        return ChatCompletionChunk(id="c", created=1, model="m", choices=[choice])
+
+    texts = TextChunks(chunk)
+    for index in (0, 3, 0):
+        model = chunk(index, text)
+        assert texts.json(index, text) == model.__pydantic_serializer__.to_json(model)

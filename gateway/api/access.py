@@ -1,6 +1,6 @@
-"""Who may call the `/v1` routes, and how often: JWT auth and the request limit as FastAPI
-dependencies, and the caller's `CallContext` (model access, token meter, cache tenant) for the
-engine.
+"""Who may call the `/v1` routes, and how often: JWT auth and the request limit, which the routes
+call first thing, and the caller's `CallContext` (model access, token meter, cache tenant) for
+the engine.
 
 Everything is built once (`Access`, on `app.state.access`; the limiter opens in the app's
 lifespan). Per request: one dict lookup for an already verified token, one limiter call (a few µs
@@ -77,18 +77,20 @@ class Access:
         )
 
 
-async def authenticate(request: Request) -> None:
-    """Every `/v1` route: a valid bearer token, or 401 with `WWW-Authenticate`."""
+def authenticate(request: Request) -> Principal:
+    """Every `/v1` route: the caller of a valid bearer token, or 401 with `WWW-Authenticate`."""
     access: Access = request.app.state.access
-    request.state.principal = access.principal(request.headers.get("authorization"))
+    principal = access.principal(request.headers.get("authorization"))
+    request.state.principal = principal
+    return principal
 
 
-async def admit(request: Request) -> None:
+async def admit(request: Request, principal: Principal) -> None:
     """Generation routes: count the request against its caller's requests per minute, or 429."""
     access: Access = request.app.state.access
     assert access.limiter is not None
     try:
-        decision = await access.limiter.check_request(request.state.principal)
+        decision = await access.limiter.check_request(principal)
     except limits.LimitsUnavailable:
         raise LimitsUnavailable(_UNAVAILABLE) from None
     request.state.response_headers = decision.headers()

@@ -70,10 +70,14 @@ def create_app(settings: Settings) -> FastAPI:
         title="LocalMoE gateway",
         summary="OpenAI-compatible API in front of Triton Inference Server",
         lifespan=lifespan,
+        # Our own Prometheus metrics cover requests; FastAPI's OpenTelemetry hooks would cost a
+        # provider lookup on every request even with no provider configured.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.access = access
     errors.install(app)
+    app.router.routes[:0] = routes.generation
     app.include_router(routes.v1)
     app.include_router(routes.health)
     app.include_router(metrics.router)

@@ -2,13 +2,25 @@
 
 Requests are counted by method, route template and status, with their duration (for a stream: up
 to its last byte); the rate-limit and cache counters of `gateway.limits` and `gateway.cache`
-share the same default registry. `metrics_auth` puts `/metrics` behind a bearer token.
+share the same default registry. `metrics_auth` puts `/metrics` behind a bearer token. Under
+`serve --workers N` the counters live in prometheus_client's multiprocess files and a scrape of
+any worker sums all of them.
 """
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from starlette.responses import Response
 from starlette.types import Scope
 
@@ -35,7 +47,17 @@ async def metrics(request: Request) -> Response:
     """Prometheus text exposition of this process's metrics."""
     if request.app.state.settings.metrics_auth:
         request.app.state.access.principal(request.headers.get("authorization"))
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)
+
+
+def _registry() -> CollectorRegistry:
+    # `serve --workers N` sets prometheus_client's multiprocess folder: every worker writes its
+    # samples there and each scrape sums them all (process_* and python_* metrics are left out).
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
 
 
 def observe(scope: Scope, status: int, seconds: float) -> None:

@@ -22,12 +22,16 @@ HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 MEDIA_TYPE = "text/event-stream"
 
 
-def frame(chunk: BaseModel) -> bytes:
-    """One event carrying `chunk`."""
+def frame(chunk: BaseModel | bytes) -> bytes:
+    """One event carrying `chunk` (a model, or its JSON already)."""
+    if isinstance(chunk, bytes):
+        return b"data: " + chunk + b"\n\n"
     return b"data: " + chunk.__pydantic_serializer__.to_json(chunk) + b"\n\n"
 
 
-async def events(first: BaseModel, rest: AsyncGenerator[BaseModel, None]) -> AsyncIterator[bytes]:
+async def events(
+    first: BaseModel | bytes, rest: AsyncGenerator[BaseModel | bytes, None]
+) -> AsyncIterator[bytes]:
     """The whole event stream: `first` (already produced), the `rest`, then `[DONE]`.
 
     Closing this stream closes `rest`, which cancels its upstream request."""

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import secrets
 import time
-import uuid
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -62,8 +62,9 @@ class LLMEngine(Protocol):
 
     def chat_stream(
         self, request: ChatCompletionRequest, ctx: CallContext
-    ) -> AsyncGenerator[ChatCompletionChunk, None]:
-        """Chat completion chunks; the first one is yielded once the upstream has answered."""
+    ) -> AsyncGenerator[ChatCompletionChunk | bytes, None]:
+        """Chat completion chunks, as models or already serialised (the per-token text chunks);
+        the first one is yielded once the upstream has answered."""
         ...
 
     async def completion(self, request: CompletionRequest, ctx: CallContext) -> CompletionResponse:
@@ -72,8 +73,9 @@ class LLMEngine(Protocol):
 
     def completion_stream(
         self, request: CompletionRequest, ctx: CallContext
-    ) -> AsyncGenerator[CompletionResponse, None]:
-        """Text completion chunks; the first one is yielded once the upstream has answered."""
+    ) -> AsyncGenerator[CompletionResponse | bytes, None]:
+        """Text completion chunks, as models or already serialised (the per-token text chunks);
+        the first one is yielded once the upstream has answered."""
         ...
 
 
@@ -187,7 +189,7 @@ class Engine:
 
     async def chat_stream(
         self, request: ChatCompletionRequest, ctx: CallContext
-    ) -> AsyncGenerator[ChatCompletionChunk, None]:
+    ) -> AsyncGenerator[ChatCompletionChunk | bytes, None]:
         """Role chunk, content chunks and one finish chunk per choice, then usage if asked."""
         job = await self._prepare_chat(request, ctx)
         cached = await self._lookup(job, _CHAT, ctx)
@@ -206,6 +208,7 @@ class Engine:
                 id=chunk_id, created=created, model=model_id, choices=[choice]
             )
 
+        texts = protocol.TextChunks(lambda i, text: chunk(i, protocol.DeltaMessage(content=text)))
         if cached is not None:
             for c in cached.choices:
                 yield chunk(c.index, protocol.DeltaMessage(role="assistant", content=""))
@@ -229,11 +232,11 @@ class Engine:
                 if not choice.seen:
                     yield chunk(index, protocol.DeltaMessage(role="assistant", content=""))
                 choice.add(delta)
-                if delta.text or (job.params.logprobs and delta.logprobs):
-                    logprobs = None
-                    if job.params.logprobs:
-                        logprobs = _chat_logprobs(_token_logprobs(delta))
+                if job.params.logprobs and (delta.text or delta.logprobs):
+                    logprobs = _chat_logprobs(_token_logprobs(delta))
                     yield chunk(index, protocol.DeltaMessage(content=delta.text), logprobs=logprobs)
+                elif delta.text:
+                    yield texts.json(index, delta.text)
                 if choice.finish_reason is not None:
                     yield chunk(index, protocol.DeltaMessage(), finish_reason=choice.finish_reason)
         except BaseException:
@@ -286,7 +289,7 @@ class Engine:
 
     async def completion_stream(
         self, request: CompletionRequest, ctx: CallContext
-    ) -> AsyncGenerator[CompletionResponse, None]:
+    ) -> AsyncGenerator[CompletionResponse | bytes, None]:
         """Text chunks and one finish chunk per choice, then usage if asked."""
         job = await self._prepare_completion(request, ctx)
         cached = await self._lookup(job, _COMPLETION, ctx)
@@ -305,6 +308,7 @@ class Engine:
                 id=chunk_id, created=created, model=model_id, choices=[choice]
             )
 
+        texts = protocol.TextChunks(chunk)
         if cached is not None:
             for c in cached.choices:
                 if job.echo:
@@ -330,11 +334,11 @@ class Engine:
                     yield chunk(index, _echo(job, index))
                 offset = choice.chars  # echo and logprobs never come together (validation)
                 choice.add(delta)
-                if delta.text or (job.params.logprobs and delta.logprobs):
-                    logprobs = None
-                    if job.params.logprobs:
-                        logprobs = _completion_logprobs(_token_logprobs(delta), offset)
+                if job.params.logprobs and (delta.text or delta.logprobs):
+                    logprobs = _completion_logprobs(_token_logprobs(delta), offset)
                     yield chunk(index, delta.text, logprobs=logprobs)
+                elif delta.text:
+                    yield texts.json(index, delta.text)
                 if choice.finish_reason is not None:
                     yield chunk(index, "", finish_reason=choice.finish_reason)
         except BaseException:
@@ -633,4 +637,4 @@ def _completion_logprobs(
 
 
 def _new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+    return f"{prefix}-{secrets.token_hex(16)}"

@@ -12,66 +12,78 @@ from __future__ import annotations
 import struct
 from collections.abc import Set as AbstractSet
 
-import numpy as np
-from tritonclient.grpc import InferInput, InferResult
-from tritonclient.utils import np_to_triton_dtype
+from tritonclient.grpc import service_pb2
 
 from gateway.errors import InvalidRequest
 from gateway.generation import Delta, GenerationRequest
 
 _UINT64 = 1 << 64
 
+# Each input as Triton's raw little-endian contents, packed without numpy: building numpy arrays
+# and `InferInput`s cost more per request than the whole rest of the adapter.
+_PACK = {
+    "BOOL": struct.Struct("<?").pack,
+    "INT32": struct.Struct("<i").pack,
+    "UINT64": struct.Struct("<Q").pack,
+    "FP32": struct.Struct("<f").pack,
+}
+_BATCH_OF_ONE = (1, 1)
 
-def build_inputs(
-    request: GenerationRequest, accepts: AbstractSet[str] | None = None
-) -> list[InferInput]:
-    """The input tensors for one streamed generation on a route that declares `accepts`.
+
+def build_request(
+    route: str, request: GenerationRequest, accepts: AbstractSet[str] | None = None
+) -> service_pb2.ModelInferRequest:
+    """The Triton request for one streamed generation on a route that declares `accepts`.
 
     Tensors the gateway adds for itself are left out where the route does not declare them;
     a sampling setting the route cannot take is a 400 rather than silently ignored.
     """
     p = request.params
-    stop = np.array([[s.encode() for s in p.stop]], dtype=np.object_) if p.stop else None
     seed = None if p.seed is None else p.seed % _UINT64
-    # (tensor, value or None for "not requested", dtype, OpenAI parameter, neutral value)
-    optional: list[tuple[str, object, type, str | None, object]] = [
-        ("stream", True, np.bool_, None, None),
-        ("exclude_input_in_output", True, np.bool_, None, None),
-        ("return_num_input_tokens", True, np.bool_, None, None),
-        ("return_num_output_tokens", True, np.bool_, None, None),
-        ("temperature", p.temperature, np.float32, "temperature", 1.0),
-        ("top_p", p.top_p, np.float32, "top_p", 1.0),
-        ("top_k", p.top_k, np.int32, "top_k", None),
-        ("seed", seed, np.uint64, "seed", None),
-        ("presence_penalty", p.presence_penalty or None, np.float32, "presence_penalty", None),
-        ("frequency_penalty", p.frequency_penalty or None, np.float32, "frequency_penalty", None),
-        ("repetition_penalty", p.repetition_penalty, np.float32, "repetition_penalty", None),
-        ("min_tokens", p.min_tokens, np.int32, "min_tokens", None),
-        ("ignore_eos", p.ignore_eos or None, np.bool_, "ignore_eos", None),
-        ("stop_words", stop, np.object_, "stop", None),
-        ("return_log_probs", p.logprobs or None, np.bool_, "logprobs", None),
+    # (tensor, value or None for "not requested", Triton dtype, OpenAI parameter, neutral value)
+    optional: list[tuple[str, object, str, str | None, object]] = [
+        ("stream", True, "BOOL", None, None),
+        ("exclude_input_in_output", True, "BOOL", None, None),
+        ("return_num_input_tokens", True, "BOOL", None, None),
+        ("return_num_output_tokens", True, "BOOL", None, None),
+        ("temperature", p.temperature, "FP32", "temperature", 1.0),
+        ("top_p", p.top_p, "FP32", "top_p", 1.0),
+        ("top_k", p.top_k, "INT32", "top_k", None),
+        ("seed", seed, "UINT64", "seed", None),
+        ("presence_penalty", p.presence_penalty or None, "FP32", "presence_penalty", None),
+        ("frequency_penalty", p.frequency_penalty or None, "FP32", "frequency_penalty", None),
+        ("repetition_penalty", p.repetition_penalty, "FP32", "repetition_penalty", None),
+        ("min_tokens", p.min_tokens, "INT32", "min_tokens", None),
+        ("ignore_eos", p.ignore_eos or None, "BOOL", "ignore_eos", None),
+        ("stop_words", p.stop or None, "BYTES", "stop", None),
+        ("return_log_probs", p.logprobs or None, "BOOL", "logprobs", None),
     ]
-    inputs = [
-        _tensor("text_input", np.array([[request.prompt.encode()]], dtype=np.object_)),
-        _scalar("max_tokens", p.max_tokens, np.int32),
-    ]
+    infer = service_pb2.ModelInferRequest(model_name=route, id=request.request_id)
+    inputs, contents = infer.inputs, infer.raw_input_contents
+    inputs.add(name="text_input", datatype="BYTES", shape=_BATCH_OF_ONE)
+    contents.append(_bytes((request.prompt,)))
+    inputs.add(name="max_tokens", datatype="INT32", shape=_BATCH_OF_ONE)
+    contents.append(_PACK["INT32"](p.max_tokens))
     for name, value, dtype, param, neutral in optional:
-        if value is None:
+        # A neutral value is the routes' own default: not sending it saves the route's work.
+        if value is None or value == neutral:
             continue
         if accepts is not None and name not in accepts:
-            if param is None or value == neutral:
+            if param is None:
                 continue
             raise InvalidRequest(f"'{param}' is not supported by this model.", param=param)
-        if isinstance(value, np.ndarray):
-            inputs.append(_tensor(name, value))
+        if dtype == "BYTES":
+            words: tuple[str, ...] = value  # type: ignore[assignment]
+            inputs.add(name=name, datatype=dtype, shape=(1, len(words)))
+            contents.append(_bytes(words))
         else:
-            inputs.append(_scalar(name, value, dtype))
-    return inputs
+            inputs.add(name=name, datatype=dtype, shape=_BATCH_OF_ONE)
+            contents.append(_PACK[dtype](value))
+    return infer
 
 
-def parse(result: InferResult) -> tuple[Delta, bool]:
+def parse(response: service_pb2.ModelInferResponse) -> tuple[Delta, bool]:
     """One streamed response as a `Delta`, and whether it is the request's last."""
-    response = result.get_response()
     raw = {o.name: c for o, c in zip(response.outputs, response.raw_output_contents, strict=False)}
     final_flag = response.parameters.get("triton_final_response")
     final = bool(final_flag and final_flag.bool_param)
@@ -87,18 +99,14 @@ def parse(result: InferResult) -> tuple[Delta, bool]:
     return delta, finish_reason is not None
 
 
-def _tensor(name: str, array: np.ndarray) -> InferInput:
-    tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-    tensor.set_data_from_numpy(array)
-    return tensor
-
-
-def _scalar(name: str, value: object, dtype: type) -> InferInput:
-    return _tensor(name, np.array([[value]], dtype=dtype))
+def _bytes(items: tuple[str, ...]) -> bytes:
+    # BYTES tensors are serialised as <uint32 little-endian length><bytes> per element.
+    encoded = [item.encode() for item in items]
+    return b"".join(struct.pack("<I", len(e)) + e for e in encoded)
 
 
 def _string(raw: bytes | None) -> str:
-    # BYTES tensors are serialised as <uint32 little-endian length><bytes>; ours hold one element.
+    # Ours hold one element.
     if not raw or len(raw) < 4:
         return ""
     (length,) = struct.unpack_from("<I", raw)

@@ -38,8 +38,8 @@ class TritonBackend:
     def _stream(
         self, route: str, request: GenerationRequest, tensors: RouteTensors
     ) -> AsyncGenerator[Delta, None]:
-        inputs = adapter.build_inputs(request, tensors.inputs)
-        stream = self.pool.stream(route, inputs, parse=adapter.parse, request_id=request.request_id)
+        infer = adapter.build_request(route, request, tensors.inputs)
+        stream = self.pool.stream(infer, parse=adapter.parse)
         if "finish_reason" in tensors.outputs:
             return stream
         return _ensemble_semantics(stream, request.params.max_tokens)

@@ -4,6 +4,12 @@ Only the gRPC *stream* is used for inference, because decoupled models (`tensorr
 `tensorrt_llm`) reject unary calls. A stream ends in one of two ways: the route's final response
 arrives (we half-close and the RPC finishes normally), or anything else happens (client gone,
 error, timeout) and the RPC is cancelled, which makes Triton cancel the request in the engine.
+
+Inference goes straight through the generated gRPC stub with protobufs the adapter builds, in the
+reader/writer style: `tritonclient`'s `stream_infer` wraps every request in an async generator,
+a consumer task and dict checks, and every response in an `InferResult`, which together cost more
+than the rest of the gateway's request path. Control calls (health, model configs) keep
+`tritonclient`'s client.
 """
 
 from __future__ import annotations
@@ -11,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
-from tritonclient.grpc import InferInput, InferResult
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
@@ -29,15 +35,38 @@ T = TypeVar("T")
 _PROBE_TIMEOUT_S = 1.0
 # Triton's wording when the model is missing or still loading: a 503, not a 502.
 _NOT_SERVING = ("unknown model", "is not ready", "is not found", "not available")
+# As tritonclient's own channel: no message size limits, its keepalive defaults.
+_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.keepalive_time_ms", 2**31 - 1),
+    ("grpc.keepalive_timeout_ms", 20000),
+    ("grpc.keepalive_permit_without_calls", False),
+    ("grpc.http2.max_pings_without_data", 2),
+]
 
 
 @dataclass(eq=False)
 class Upstream:
-    """One Triton server and the client every request to it shares."""
+    """One Triton server: the channel every inference shares, and a client for control calls."""
 
     url: str
     client: InferenceServerClient
+    channel: grpc.aio.Channel
+    stub: service_pb2_grpc.GRPCInferenceServiceStub
     ready: bool = False
+
+    @classmethod
+    def open(cls, url: str) -> Upstream:
+        """Clients for `url` (connections open lazily)."""
+        channel = grpc.aio.insecure_channel(url, options=_CHANNEL_OPTIONS)
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        return cls(url, InferenceServerClient(url), channel, stub)
+
+    async def close(self) -> None:
+        """Close both clients."""
+        await self.client.close()
+        await self.channel.close()
 
 
 class TritonPool:
@@ -59,7 +88,7 @@ class TritonPool:
 
     async def start(self) -> None:
         """Open the clients, probe every upstream once, then keep probing in the background."""
-        self.upstreams = [Upstream(url, InferenceServerClient(url)) for url in self._urls]
+        self.upstreams = [Upstream.open(url) for url in self._urls]
         await self.check()
         self._monitor = asyncio.create_task(self._probe_forever(), name="triton-health")
 
@@ -69,7 +98,7 @@ class TritonPool:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
-        await asyncio.gather(*(u.client.close() for u in self.upstreams), return_exceptions=True)
+        await asyncio.gather(*(u.close() for u in self.upstreams), return_exceptions=True)
 
     def ready(self) -> bool:
         """True when at least one upstream answered its last readiness probe."""
@@ -85,40 +114,41 @@ class TritonPool:
 
     async def stream(
         self,
-        model: str,
-        inputs: list[InferInput],
+        request: service_pb2.ModelInferRequest,
         *,
-        parse: Callable[[InferResult], tuple[T, bool]],
-        request_id: str = "",
+        parse: Callable[[service_pb2.ModelInferResponse], tuple[T, bool]],
     ) -> AsyncGenerator[T, None]:
-        """Stream one request to `model`, yielding `parse(result)[0]` until `parse` says final.
+        """Stream `request`, yielding `parse(response)[0]` until `parse` says final.
 
         Upstreams are taken round robin among the ready ones; one that cannot be reached before
         its first response is marked down and the next one is tried. Closing the iterator early
         cancels the request on Triton.
         """
+        model = request.model_name
         tried: set[Upstream] = set()
         while True:
             upstream = self._pick(tried)
             tried.add(upstream)
-            finished = asyncio.Event()
-            call = upstream.client.stream_infer(
-                _one_request(
-                    {"model_name": model, "inputs": inputs, "request_id": request_id}, finished
-                ),
-                stream_timeout=self._stream_timeout_s,
-            )
+            call = upstream.stub.ModelStreamInfer(timeout=self._stream_timeout_s)
             started = complete = False
             try:
-                async for result, error in call:
+                await call.write(request)
+                # Our side stays open until the final response: half-closing early would let
+                # some gRPC stacks end the call before a decoupled model has answered.
+                while True:
+                    response = await call.read()
+                    if response is grpc.aio.EOF:
+                        raise UpstreamError(
+                            f"Triton closed the stream for '{model}' before it finished"
+                        )
                     started = True
-                    if error is not None:
-                        raise _model_error(model, error)
-                    item, complete = parse(result)
+                    if response.error_message:
+                        raise _model_error(model, response.error_message)
+                    item, complete = parse(response.infer_response)
                     yield item
                     if complete:
+                        await call.done_writing()
                         return
-                raise UpstreamError(f"Triton closed the stream for '{model}' before it finished")
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAVAILABLE and not started:
                     upstream.ready = False
@@ -126,7 +156,6 @@ class TritonPool:
                     continue
                 raise _rpc_error(upstream, exc) from exc
             finally:
-                finished.set()
                 if not complete:
                     call.cancel()
 
@@ -154,15 +183,7 @@ class TritonPool:
             await self.check()
 
 
-async def _one_request(request: dict[str, Any], finished: asyncio.Event) -> AsyncIterator[dict]:
-    # Keep our side of the stream open until the final response: half-closing early would let
-    # some gRPC stacks end the call before a decoupled model has answered.
-    yield request
-    await finished.wait()
-
-
-def _model_error(model: str, error: InferenceServerException) -> UpstreamError:
-    message = error.message() or str(error)
+def _model_error(model: str, message: str) -> UpstreamError:
     if any(marker in message for marker in _NOT_SERVING):
         return UpstreamUnavailable(f"Model route '{model}' is not available on Triton: {message}")
     return UpstreamError(f"Triton failed the request: {message}")
