@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU build of 2.13.0 is what the CPU profile uses.
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[cpu,dev,fallback]"
+	$(BIN)/python -m pip install --quiet -e ".[cpu,dev,fallback,bench]"
 	touch $@
 
 model: install  ## build the tiny MoE checkpoint (localmoe up does this when missing)
