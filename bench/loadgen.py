@@ -52,6 +52,8 @@ _DTYPES = {
 }
 _PACK = {"INT32": "<i", "FP32": "<f", "UINT64": "<Q", "BOOL": "<?"}
 _MS = 1000.0
+# Longest wait for requests still in flight when the window closes.
+_DRAIN_S = 60.0
 
 
 class LoadGenerator:
@@ -61,8 +63,10 @@ class LoadGenerator:
         from bench.procs import popen
 
         self._log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        # The log's folder in the command line only tells `ps` which benchmark this one serves.
+        tag = [str(log_path.parent)] if log_path else []
         self.process = popen(
-            [sys.executable, "-m", "bench.loadgen"],
+            [sys.executable, "-m", "bench.loadgen", *tag],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -110,6 +114,8 @@ class _Recorder:
     itls: list[float] = field(default_factory=list)
     requests: int = 0
     tokens: int = 0
+    total_requests: int = 0  # warm-up included, for CPU per request
+    total_tokens: int = 0
     errors: int = 0
     error_sample: str = ""
 
@@ -131,6 +137,8 @@ class _Recorder:
             "rps": self.requests / window,
             "tokens": self.tokens,
             "tokens_per_s": self.tokens / window,
+            "total_requests": self.total_requests,
+            "total_tokens": self.total_tokens,
             "latency_ms": summarize(self.latencies),
             "ttft_ms": summarize(self.ttfts),
             "itl_ms": summarize(self.itls),
@@ -139,34 +147,62 @@ class _Recorder:
 
 
 class _Stream:
-    """Timing of one request's token events."""
+    """Timing of one request's token events.
 
-    __slots__ = ("first", "last", "rec", "sent")
+    Throughput counts what happens inside the window. Latency, time to first token and the
+    request's count in the latency samples are kept for requests sent inside the window, and
+    for the first request each user sends after the warm-up even if that is after the window:
+    streams longer than the window would otherwise leave no sample at all.
+    """
 
-    def __init__(self, rec: _Recorder) -> None:
+    __slots__ = ("first", "last", "measured", "rec", "sent")
+
+    def __init__(self, rec: _Recorder, user: _User) -> None:
         self.rec = rec
         self.sent = time.perf_counter()
+        self.measured = self.sent >= rec.start and (self.sent <= rec.end or not user.measured)
+        user.measured = user.measured or self.measured
         self.first = 0.0
         self.last = 0.0
 
     def token(self) -> None:
         now = time.perf_counter()
         rec = self.rec
+        rec.total_tokens += 1
         if rec.inside(now):
             rec.tokens += 1
             if self.first:
                 rec.itls.append((now - self.last) * _MS)
-            else:
-                rec.ttfts.append((now - self.sent) * _MS)
         if not self.first:
+            if self.measured:
+                rec.ttfts.append((now - self.sent) * _MS)
             self.first = now
         self.last = now
 
     def done(self) -> None:
         now = time.perf_counter()
+        self.rec.total_requests += 1
         if self.rec.inside(now):
             self.rec.requests += 1
+        if self.measured:
             self.rec.latencies.append((now - self.sent) * _MS)
+
+
+class _User:
+    """One virtual user: sends until the window is over and it has had a measured request."""
+
+    __slots__ = ("measured", "rec")
+
+    def __init__(self, rec: _Recorder) -> None:
+        self.rec = rec
+        self.measured = False
+
+    def more(self) -> bool:
+        now = time.perf_counter()
+        return now < self.rec.end or (not self.measured and now < self.rec.end + _DRAIN_S)
+
+    def stream(self) -> _Stream:
+        return _Stream(self.rec, self)
 
 
 async def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -183,11 +219,17 @@ async def run_job(job: dict[str, Any]) -> dict[str, Any]:
     else:
         raise ValueError(f"unknown job kind {job['kind']!r}")
     async with users as tasks:
+        # Users start nothing after the window; what is in flight runs to its end. Cancelling
+        # it instead would be realistic, but Triton 2.51 hangs when many decoupled streams are
+        # cancelled while responses are in flight (`python -m bench.cancel_storm`).
         await asyncio.sleep(max(0.0, rec.end - time.perf_counter()))
-        for task in tasks:
+        _, late = await asyncio.wait(tasks, timeout=2 * _DRAIN_S)
+        for task in late:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return rec.result(time.process_time() - cpu0)
+    result = rec.result(time.process_time() - cpu0)
+    result["cancelled_at_end"] = len(late)
+    return result
 
 
 # --- gRPC -----------------------------------------------------------------------------------
@@ -221,7 +263,8 @@ async def _grpc_users(
         job["url"], options=[("grpc.max_receive_message_length", 64 << 20)]
     )
     stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-    tasks = [asyncio.create_task(_grpc_user(stub, request, rec)) for _ in range(concurrency)]
+    user = _grpc_stream_per_request_user if job.get("stream_per_request") else _grpc_user
+    tasks = [asyncio.create_task(user(stub, request, rec)) for _ in range(concurrency)]
     try:
         yield tasks
     finally:
@@ -237,29 +280,61 @@ async def _grpc_user(stub: Any, request: Any, rec: _Recorder) -> None:
 
     call = stub.ModelStreamInfer(requests())
     responses = call.__aiter__()
+    user = _User(rec)
     try:
-        while time.perf_counter() < rec.end:
-            stream = _Stream(rec)
+        while user.more():
+            stream = user.stream()
             queue.put_nowait(request)
-            while True:
-                message = await responses.__anext__()
-                if message.error_message:
-                    rec.error(message.error_message, time.perf_counter())
-                    break
-                response = message.infer_response
-                text, reason = _text_and_reason(response)
-                if text:
-                    stream.token()
-                final = response.parameters.get("triton_final_response")
-                if reason or (final is not None and final.bool_param):
-                    stream.done()
-                    break
+            await _read_one(responses, stream, rec)
+        queue.put_nowait(None)  # half-close: Triton ends the RPC, nothing is cancelled
+        await call.code()
     except StopAsyncIteration:
         rec.error("Triton closed the stream", time.perf_counter())
     except Exception as exc:
         rec.error(repr(exc), time.perf_counter())
     finally:
         call.cancel()
+
+
+async def _grpc_stream_per_request_user(stub: Any, request: Any, rec: _Recorder) -> None:
+    # What a gateway that opens one gRPC stream per HTTP request costs Triton and the client.
+    user = _User(rec)
+    while user.more():
+        finished = asyncio.Event()
+
+        async def one(finished: asyncio.Event = finished) -> AsyncIterator[Any]:
+            yield request
+            await finished.wait()
+
+        call = stub.ModelStreamInfer(one())
+        try:
+            await _read_one(call.__aiter__(), user.stream(), rec)
+            finished.set()
+            await call.code()
+        except StopAsyncIteration:
+            rec.error("Triton closed the stream", time.perf_counter())
+        except Exception as exc:
+            rec.error(repr(exc), time.perf_counter())
+        finally:
+            finished.set()
+            call.cancel()
+
+
+async def _read_one(responses: Any, stream: _Stream, rec: _Recorder) -> None:
+    """Read one request's responses, up to its final one."""
+    while True:
+        message = await responses.__anext__()
+        if message.error_message:
+            rec.error(message.error_message, time.perf_counter())
+            return
+        response = message.infer_response
+        text, reason = _text_and_reason(response)
+        if text:
+            stream.token()
+        final = response.parameters.get("triton_final_response")
+        if reason or (final is not None and final.bool_param):
+            stream.done()
+            return
 
 
 def _text_and_reason(response: Any) -> tuple[bytes, bytes]:
@@ -298,8 +373,9 @@ async def _http_users(
 async def _http_user(
     session: Any, url: str, data: bytes, headers: dict[str, str], rec: _Recorder
 ) -> None:
-    while time.perf_counter() < rec.end:
-        stream = _Stream(rec)
+    user = _User(rec)
+    while user.more():
+        stream = user.stream()
         try:
             async with session.post(url, data=data, headers=headers) as resp:
                 payload = await resp.read()
@@ -316,8 +392,9 @@ async def _http_stream_user(
 ) -> None:
     import orjson
 
-    while time.perf_counter() < rec.end:
-        stream = _Stream(rec)
+    user = _User(rec)
+    while user.more():
+        stream = user.stream()
         try:
             async with session.post(url, data=data, headers=headers) as resp:
                 if resp.status != 200:

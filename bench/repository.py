@@ -26,6 +26,8 @@ def bench_repository(
     (echo / "1").mkdir(parents=True)
     config = ECHO_TEMPLATE / "config.pbtxt"
     values = {"echo_instance_count": str(echo_instances)}
-    (echo / "config.pbtxt").write_text(fill_template(config.read_text(), values, source=str(config)))
+    (echo / "config.pbtxt").write_text(
+        fill_template(config.read_text(), values, source=str(config))
+    )
     os.symlink(ECHO_TEMPLATE / "1" / "model.py", echo / "1" / "model.py")
     return out_dir

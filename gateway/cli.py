@@ -105,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--config", type=Path, default=None, help="YAML settings file")
     token.set_defaults(func=_cmd_token)
+    from bench.cli import add_subparser as add_bench
+
+    add_bench(sub)
     return parser
 
 
