@@ -44,6 +44,10 @@ def completion(**fields: Any) -> CompletionRequest:
         ({"tool_choice": "required"}, "tool_choice"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"min_tokens": 9, "max_tokens": 4}, "min_tokens"),
+        ({"min_tokens": 2**40}, "min_tokens"),
+        ({"top_k": 2**31}, "top_k"),
+        ({"repetition_penalty": 1e300}, "repetition_penalty"),
+        ({"repetition_penalty": float("nan")}, "repetition_penalty"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "user"}]}, "messages[0].content"),
         (

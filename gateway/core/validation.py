@@ -7,6 +7,7 @@ combinations, and what this engine cannot do (rather than silently ignoring it).
 
 from __future__ import annotations
 
+import math
 from typing import Any, NoReturn
 
 from gateway.errors import ContextLengthExceeded, InvalidRequest
@@ -185,17 +186,20 @@ def _check_common(request: Request, settings: Settings) -> None:
                     param=name,
                 )
     if request.top_k is not None:
-        _at_least("top_k", request.top_k, -1)
+        _between("top_k", request.top_k, -1, _INT32_MAX)
     if request.seed is not None:
         _between("seed", request.seed, -(1 << 63), (1 << 64) - 1)
     for name in ("presence_penalty", "frequency_penalty"):
         value = getattr(request, name)
         if value is not None:
             _between(name, value, -2.0, 2.0)
-    if request.repetition_penalty is not None and request.repetition_penalty <= 0:
-        raise InvalidRequest("'repetition_penalty' must be positive.", param="repetition_penalty")
+    penalty = request.repetition_penalty
+    if penalty is not None and not (math.isfinite(penalty) and 0 < penalty <= _FP32_MAX):
+        raise InvalidRequest(
+            "'repetition_penalty' must be a positive finite number.", param="repetition_penalty"
+        )
     if request.min_tokens is not None:
-        _at_least("min_tokens", request.min_tokens, 0)
+        _between("min_tokens", request.min_tokens, 0, _INT32_MAX)
         budget = requested_max_tokens(request)
         if budget is not None and request.min_tokens > budget:
             raise InvalidRequest(
@@ -226,6 +230,11 @@ def _check_stop(stop: str | list[str] | None, max_stop: int) -> None:
 def _at_least(name: str, value: float, low: float) -> None:
     if value < low:
         raise InvalidRequest(f"'{name}' must be at least {low}, got {value}.", param=name)
+
+
+# Values travel to Triton as INT32 / FP32 tensors; larger ones are a client error, not a crash.
+_INT32_MAX = 2**31 - 1
+_FP32_MAX = 3.4e38
 
 
 def _between(name: str, value: float, low: float, high: float) -> None:

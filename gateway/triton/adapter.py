@@ -77,8 +77,13 @@ def build_request(
             inputs.add(name=name, datatype=dtype, shape=(1, len(words)))
             contents.append(_bytes(words))
         else:
+            try:
+                packed = _PACK[dtype](value)
+            except (struct.error, OverflowError) as exc:
+                # Validation bounds these; this keeps any value it missed a 400, not a 500.
+                raise InvalidRequest(f"'{param or name}' is out of range.", param=param) from exc
             inputs.add(name=name, datatype=dtype, shape=_BATCH_OF_ONE)
-            contents.append(_PACK[dtype](value))
+            contents.append(packed)
     return infer
 
 
