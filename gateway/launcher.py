@@ -165,6 +165,15 @@ class TritonProcess:
         )
         self._reader = threading.Thread(target=self._pump_logs, daemon=True)
         self._reader.start()
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            # A failed start (or Ctrl-C while waiting) must not leave Triton or a stub behind.
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self._proc is not None and self._reader is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -173,7 +182,6 @@ class TritonProcess:
             if self.is_ready() and self._proc.poll() is None:
                 return
             time.sleep(0.2)
-        self.stop()
         raise TritonStartError(self._failure_message(f"not ready after {timeout:.0f}s"))
 
     def is_ready(self) -> bool:
@@ -188,16 +196,21 @@ class TritonProcess:
         """Block until the server exits, forwarding SIGTERM/SIGINT to it; return its code."""
         assert self._proc is not None, "start() first"
 
+        proc = self._proc
+
         def forward(signum: int, _frame: object) -> None:
-            self.stop()
+            # Only forward: the handler runs on the thread blocked in wait(), which holds
+            # Popen's wait lock, so anything that waits here would deadlock until timeouts.
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
 
         previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            return self._proc.wait()
+            return proc.wait()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self._cleanup()
+            self.stop()
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the server (it unloads models and stops the stubs), then SIGKILL the group."""

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as grpcclient
-from tritonclient.utils import np_to_triton_dtype
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from gateway.launcher import TritonProcess, TritonStartError
 from gateway.repository import fill_repository
@@ -208,6 +208,13 @@ def test_streamed_text_equals_non_streamed_with_spaces_and_non_ascii(triton: Tri
     streamed = bls(triton, stream=True, **kw)
     assert len(streamed) > 10
     assert texts(streamed) == whole
+
+
+def test_invalid_utf8_stop_word_is_an_error_not_a_hang(triton: TritonProcess) -> None:
+    inputs = text_inputs(max_tokens=8)
+    inputs.append(_tensor("stop_words", [b"\xff\xfe"], np.object_))
+    with pytest.raises(InferenceServerException, match="utf-8"):
+        asyncio.run(asyncio.wait_for(infer_stream(triton.grpc_url, "tensorrt_llm_bls", inputs), 30))
 
 
 def test_cancelled_stream_frees_the_engine(triton: TritonProcess) -> None:

@@ -71,10 +71,16 @@ class TritonPythonModel:
                 on_output=_Responder(sender, streaming, params.return_logprobs),
                 is_cancelled=sender.is_cancelled,
             )
-        except (InputError, ValueError) as exc:
-            error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+        except Exception as exc:
+            # Every request gets its final response, or its client waits forever; a bad
+            # request is the client's error, anything else (e.g. shutting down) is ours.
+            code = (
+                pb_utils.TritonError.INVALID_ARG
+                if isinstance(exc, ValueError)
+                else pb_utils.TritonError.INTERNAL
+            )
             sender.send(
-                pb_utils.InferenceResponse(error=error),
+                pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), code)),
                 flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
             )
 

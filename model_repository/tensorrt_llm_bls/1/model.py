@@ -8,6 +8,7 @@ they are emitted, and reports `finish_reason` and token counts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -41,6 +42,7 @@ _FORWARD = {
 # next response on one of these threads so the event loop keeps serving the others.
 _WAITERS = ThreadPoolExecutor(max_workers=256, thread_name_prefix="bls-wait")
 _DONE = object()
+_FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
 async def _responses(iterator: Iterator) -> AsyncIterator:
@@ -61,21 +63,36 @@ class TritonPythonModel:
         return None
 
     async def _generate(self, request) -> None:
-        sender = request.get_response_sender()
-        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        """Serve one request; whatever fails, the engine request stops and a final is sent."""
+        sender = _Sender(request.get_response_sender())
+        try:
+            await self._serve(request, sender)
+        except Exception as exc:
+            pb_utils.Logger.log_error(f"tensorrt_llm_bls: request failed: {exc!r}")
+            if sender.engine_request_id:
+                with contextlib.suppress(Exception):
+                    await self._stop(sender.engine_request_id)
+            if not sender.closed:
+                error = pb_utils.TritonError(f"generation failed: {exc}")
+                with contextlib.suppress(Exception):
+                    sender.send(pb_utils.InferenceResponse(error=error), flags=_FINAL)
+
+    async def _serve(self, request, sender: _Sender) -> None:
+        final = _FINAL
         inputs = {t.name(): t.as_numpy() for t in request.inputs()}
         try:
             call = self._llm_request(inputs)
-        except (InputError, ValueError) as exc:
+            stops = [s.decode("utf-8") for s in inputs.get("stop_words", np.empty(0)).reshape(-1)]
+        except (InputError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
             error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
             sender.send(pb_utils.InferenceResponse(error=error), flags=final)
             return
         stream = bool(scalar(inputs, "stream", False))
-        stops = [s.decode("utf-8") for s in inputs.get("stop_words", np.empty(0)).reshape(-1)]
         detok = IncrementalDetokenizer(self.tok.tokenizer)
         matcher = StopStringMatcher(stops)
         want_lp = bool(scalar(inputs, "return_log_probs", False))
         text, logprobs, generated, reason = [], [], 0, ""
+        sender.engine_request_id = call.request_id
         async for response in _responses(await call.infer.async_exec(decoupled=True)):
             if reason:
                 continue  # drain what the engine sent before it saw our stop
@@ -109,6 +126,7 @@ class TritonPythonModel:
                 logprobs = []
         if not reason:
             reason = "stop"  # the engine ended on an end id before max_tokens
+        sender.engine_request_id = None  # finished: nothing left to stop
         if reason == "cancelled":
             sender.send(flags=final)
             return
@@ -173,6 +191,23 @@ class TritonPythonModel:
                 pb_utils.Tensor("output_log_probs", np.asarray([logprobs], dtype=np.float32))
             )
         sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=flags)
+
+
+class _Sender:
+    """A response sender that remembers whether the final response went out."""
+
+    def __init__(self, sender) -> None:
+        self._sender = sender
+        self.closed = False
+        self.engine_request_id: str | None = None
+
+    def send(self, response=None, flags: int = 0) -> None:
+        if flags & _FINAL:
+            self.closed = True
+        if response is None:
+            self._sender.send(flags=flags)
+        else:
+            self._sender.send(response, flags=flags)
 
 
 @dataclass
