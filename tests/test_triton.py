@@ -157,6 +157,19 @@ def test_text_routes_generate(triton: TritonProcess, model: str, stream: bool) -
     assert texts(responses)
 
 
+def test_concurrent_requests_may_share_a_client_request_id(triton: TritonProcess) -> None:
+    # The ensemble hands the client's id ("t" here, for both) to tensorrt_llm unchanged.
+    async def two() -> list:
+        inputs = [text_inputs(max_tokens=8, stream=True, ignore_eos=True) for _ in range(2)]
+        return await asyncio.gather(*(infer_stream(triton.grpc_url, "ensemble", i) for i in inputs))
+
+    results = asyncio.run(two())
+    assert [sum(1 for r in rs if r.as_numpy("text_output") is not None) for rs in results] == [
+        8,
+        8,
+    ]
+
+
 def test_temperature_zero_is_deterministic(triton: TritonProcess) -> None:
     first = texts(bls(triton, max_tokens=16, temperature=0.0))
     second = texts(bls(triton, max_tokens=16, temperature=0.0))

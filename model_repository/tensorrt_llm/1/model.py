@@ -37,6 +37,9 @@ class TritonPythonModel:
             ),
         )
         self.default_end_ids = load_tokenizer(checkpoint).eos_ids
+        # Triton request ids are the client's and need not be unique (the ensemble copies the
+        # client's id to every step), so the engine gets its own; `stop` finds them by client id.
+        self._ids = _IdMap()
         self.engine.start()
         self._metrics = _EngineMetrics(self.engine)
         self._metrics.start()
@@ -51,7 +54,8 @@ class TritonPythonModel:
         inputs = {t.name(): t.as_numpy() for t in request.inputs()}
         if scalar(inputs, "stop", False):
             # TensorRT-LLM semantics: a request with stop=true cancels the one with its id.
-            self.engine.cancel(request.request_id())
+            for engine_id in self._ids.lookup(request.request_id()):
+                self.engine.cancel(engine_id)
             sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             return
         try:
@@ -63,14 +67,17 @@ class TritonPythonModel:
             ):
                 raise InputError("only beam_width=1 and num_return_sequences=1 are supported")
             streaming = bool(scalar(inputs, "streaming", False))
-            request_id = request.request_id() or uuid.uuid4().hex
-            self.engine.submit(
-                request_id,
-                prompt,
-                params,
-                on_output=_Responder(sender, streaming, params.return_logprobs),
-                is_cancelled=sender.is_cancelled,
-            )
+            client_id, engine_id = request.request_id(), uuid.uuid4().hex
+            responder = _Responder(sender, streaming, params.return_logprobs)
+            responder.on_finished = lambda: self._ids.remove(client_id, engine_id)
+            self._ids.add(client_id, engine_id)
+            try:
+                self.engine.submit(
+                    engine_id, prompt, params, on_output=responder, is_cancelled=sender.is_cancelled
+                )
+            except Exception:
+                self._ids.remove(client_id, engine_id)
+                raise
         except Exception as exc:
             # Every request gets its final response, or its client waits forever; a bad
             # request is the client's error, anything else (e.g. shutting down) is ours.
@@ -89,6 +96,31 @@ class TritonPythonModel:
         self.engine.shutdown()
 
 
+class _IdMap:
+    """Client request id -> the engine ids of its requests in flight (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: dict[str, set[str]] = {}
+
+    def add(self, client_id: str, engine_id: str) -> None:
+        if client_id:
+            with self._lock:
+                self._ids.setdefault(client_id, set()).add(engine_id)
+
+    def remove(self, client_id: str, engine_id: str) -> None:
+        with self._lock:
+            ids = self._ids.get(client_id)
+            if ids is not None:
+                ids.discard(engine_id)
+                if not ids:
+                    del self._ids[client_id]
+
+    def lookup(self, client_id: str) -> list[str]:
+        with self._lock:
+            return list(self._ids.get(client_id, ()))
+
+
 class _Responder:
     """Turns engine step outputs into Triton responses for one request."""
 
@@ -99,8 +131,11 @@ class _Responder:
         self.tokens: list[int] = []
         self.token_logprobs: list[float] = []
         self.cum = 0.0
+        self.on_finished = lambda: None
 
     def __call__(self, out: StepOutput) -> None:
+        if out.finished:
+            self.on_finished()
         step_lp = out.logprobs or []
         self.cum += float(sum(step_lp))
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if out.finished else 0
