@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 import uvloop
@@ -97,19 +98,7 @@ def _serve_workers(settings: Settings, workers: int) -> int:
         # Inherited by the spawned workers; prometheus_client reads it when they import it.
         os.environ[_WORKER_SETTINGS] = str(settings_file)
         os.environ[_MULTIPROC_DIR] = str(metrics_dir)
-        config = uvicorn.Config(
-            "gateway.server:worker_app",
-            factory=True,
-            workers=workers,
-            host=settings.host,
-            port=settings.port,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
-        )
+        config = _config("gateway.server:worker_app", settings, factory=True, workers=workers)
         supervisor = Multiprocess(config, sockets=[config.bind_socket()])
         supervisor.run()
     return 0
@@ -166,7 +155,8 @@ def up(settings: Settings) -> int:
             triton.stop()
 
 
-def _config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+def _config(app: FastAPI | str, settings: Settings, **extra: Any) -> uvicorn.Config:
+    """uvicorn's settings for the app (or, with `factory=True`, the import string of one)."""
     return uvicorn.Config(
         app,
         host=settings.host,
@@ -177,6 +167,7 @@ def _config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         log_config=None,
         access_log=False,  # ours is structured and carries the request id
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
+        **extra,
     )
 
 
