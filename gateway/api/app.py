@@ -26,6 +26,8 @@ from gateway.settings import Settings
 from gateway.triton.backend import TritonBackend
 from gateway.triton.client import TritonPool
 
+_STARTUP_DISCOVERY_S = 10.0
+
 
 def create_app(settings: Settings) -> FastAPI:
     """The gateway application for `settings`; Triton and Redis clients open when it starts.
@@ -46,6 +48,10 @@ def create_app(settings: Settings) -> FastAPI:
         discovery = asyncio.create_task(
             keep_discovering(catalogue, pool, settings.health_interval_s), name="discovery"
         )
+        if pool.ready():
+            # With Triton up, learn the models before accepting connections: otherwise a second
+            # worker could take requests for a model it has not discovered yet.
+            await asyncio.wait({discovery}, timeout=_STARTUP_DISCOVERY_S)
         access.open()
         cache = None
         if settings.cache_enabled:
