@@ -111,7 +111,17 @@ def ensure_default_repository(model_dir: Path | None = None, out_dir: Path | Non
 
         print(f"building the tiny MoE model into {model_dir} (first run only)", flush=True)
         build_tiny_model(model_dir)
+    if _filled_with(out_dir, "cpu", profile_values("cpu", model_dir)):
+        # Refilling replaces the folder: don't pull it from under a Triton already serving it.
+        return out_dir
     return fill_repository(out_dir, model_dir=model_dir, profile="cpu")
+
+
+def _filled_with(out_dir: Path, profile: str, values: Mapping[str, str]) -> bool:
+    marker = out_dir / ".localmoe.json"
+    if not marker.is_file() or not all((out_dir / m / "config.pbtxt").is_file() for m in MODELS):
+        return False
+    return json.loads(marker.read_text()) == {"profile": profile, "values": dict(values)}
 
 
 def _uses_native_backend(model: str, values: Mapping[str, str]) -> bool:
