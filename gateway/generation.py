@@ -37,6 +37,8 @@ class GenerationRequest:
     prompt: str
     params: SamplingParams
     request_id: str = ""
+    stream: bool = True
+    """Deltas as they are generated; else one delta with the whole text (fewer responses)."""
 
 
 @dataclass(frozen=True, slots=True)

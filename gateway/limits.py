@@ -295,6 +295,14 @@ class RateLimiter:
         )
         return LimitDecision(False, None, state, state.reset_seconds, message)
 
+    def room_for(self, admitted: LimitDecision, tokens: int) -> LimitDecision | None:
+        """The allowed decision of `fit_tokens` when `tokens` fit, else None (decide with
+        `fit_tokens` or `check_tokens`): for an upper bound of a prompt's tokens."""
+        state = admitted.tokens
+        if state is None or max(0, tokens) > state.remaining:
+            return None
+        return LimitDecision(True, None, state)
+
     async def charge_tokens(self, principal: Principal, n: int) -> LimitDecision:
         """Charge `n` used tokens (prompt + completion) to the subject and tenant budgets."""
         keys, limits = self._scopes(principal, "t")

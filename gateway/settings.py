@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     max_messages: int | None = Field(default=1024, ge=1)
     upstream_timeout_s: float | None = Field(default=None, gt=0)
     health_interval_s: float = Field(default=2.0, gt=0)
+    # Long-lived gRPC streams per upstream that routes with TensorRT-LLM's `stop` input share
+    # (0: one RPC per request for every route).
+    triton_streams: int = Field(default=2, ge=0, le=64)
 
     # Auth (gateway.keys turns these into the verifying key; see docs/auth-limits-cache.md).
     mode: Literal["dev", "production"] = "dev"

@@ -7,10 +7,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as grpcclient
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import (
+    InferenceServerException,
+    np_to_triton_dtype,
+    serialize_byte_tensor,
+)
 
 from gateway.launcher import TritonProcess, TritonStartError
 from gateway.repository import fill_repository
@@ -235,6 +241,56 @@ def test_cancelled_stream_frees_the_engine(triton: TritonProcess) -> None:
     active = {"request_type": "active", "model": "tensorrt_llm"}
     responses = asyncio.run(infer_stream(triton.grpc_url, "tensorrt_llm_bls", inputs, stop_after=3))
     assert len(responses) == 3
+    assert wait_for(
+        lambda: metric_value(triton.metrics_url, "nv_trt_llm_request_metrics", **active) == 0,
+        timeout=1.5,
+    )
+
+
+def _raw_request(request_id: str, **inputs: Any) -> service_pb2.ModelInferRequest:
+    """A BLS request as the protobuf itself, with empty final responses switched on (the aio
+    client drops that option, and a stopped request ends with an empty final)."""
+    request = service_pb2.ModelInferRequest(model_name="tensorrt_llm_bls", id=request_id)
+    request.parameters["triton_enable_empty_final_response"].bool_param = True
+    types = {str: np.object_, bool: np.bool_, int: np.int32, float: np.float32}
+    for name, value in inputs.items():
+        array = np.asarray([[value.encode() if isinstance(value, str) else value]])
+        array = array.astype(types[type(value)])
+        tensor = request.inputs.add(name=name, shape=array.shape)
+        tensor.datatype = np_to_triton_dtype(array.dtype)
+        raw = serialize_byte_tensor(array).item() if array.dtype == np.object_ else array.tobytes()
+        request.raw_input_contents.append(raw)
+    return request
+
+
+def test_stop_request_ends_the_request_with_its_id(triton: TritonProcess) -> None:
+    # TensorRT-LLM's cancellation, which the gateway uses on the streams it shares: a second
+    # request on the same stream, `stop=true` with the first one's id.
+    long = _raw_request(
+        "a", text_input=PROMPT, max_tokens=1500, stream=True, ignore_eos=True, temperature=0.0
+    )
+    stop = _raw_request("a", text_input="", max_tokens=1, stop=True)
+    active = {"request_type": "active", "model": "tensorrt_llm"}
+
+    async def run() -> list:
+        async with grpc.aio.insecure_channel(triton.grpc_url) as channel:
+            call = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer()
+            await call.write(long)
+            responses, finals = [], 0
+            while finals < 2:  # the long request's and the stop request's
+                response = await call.read()
+                assert not response.error_message, response.error_message
+                assert response.infer_response.id == "a"
+                responses.append(response)
+                if len(responses) == 3:
+                    await call.write(stop)
+                final = response.infer_response.parameters["triton_final_response"]
+                finals += final.bool_param
+            call.cancel()
+            return responses
+
+    responses = asyncio.run(asyncio.wait_for(run(), 30))
+    assert len(responses) < 100  # ended long before its 1,500 tokens
     assert wait_for(
         lambda: metric_value(triton.metrics_url, "nv_trt_llm_request_metrics", **active) == 0,
         timeout=1.5,

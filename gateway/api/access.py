@@ -147,6 +147,13 @@ class _Meter:
         if not decision.allowed:
             raise RateLimited(decision.message, kind="tokens")
 
+    def admits(self, prompt_tokens: int) -> bool:
+        decision = self._limiter.room_for(self._admission, prompt_tokens)
+        if decision is None:
+            return False
+        self._headers.update(decision.headers())
+        return True
+
     async def charge(self, tokens: int) -> None:
         try:
             await self._limiter.charge_tokens(self._principal, tokens)

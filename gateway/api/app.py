@@ -41,6 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
             settings.triton_urls,
             health_interval_s=settings.health_interval_s,
             stream_timeout_s=settings.upstream_timeout_s,
+            shared_streams=settings.triton_streams,
         )
         await pool.start()
         catalogue = Catalogue(settings)

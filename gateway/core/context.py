@@ -19,6 +19,11 @@ class TokenMeter(Protocol):
         """Raise `RateLimited` when the prompt alone exceeds the remaining budget."""
         ...
 
+    def admits(self, prompt_tokens: int) -> bool:
+        """True when the budget certainly has room for `prompt_tokens`, known without a round
+        trip (the headers are set as by `check`); False means nothing: call `check`."""
+        ...
+
     async def charge(self, tokens: int) -> None:
         """Charge tokens actually used (prompt + completion); never raises."""
         ...

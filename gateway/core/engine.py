@@ -85,7 +85,11 @@ class _Job:
 
     model: ServedModel
     prompts: list[str]
-    prompt_tokens: list[int]
+    prompt_tokens: list[int | None]
+    """Per prompt; None where no count was needed before generation (Triton reports it)."""
+    special_tokens: bool
+    """Whether the tokenizer adds its special tokens (completions) or the template has (chat)."""
+    stream: bool
     params: SamplingParams
     n: int
     include_usage: bool
@@ -359,20 +363,21 @@ class Engine:
                 f"Model '{model.id}' has no chat template; use /v1/completions.", param="model"
             )
         prompt = model.chat_template.render(validation.chat_messages(request), tools=request.tools)
-        prompt_tokens = await model.tokenizer.count_async(prompt, add_special_tokens=False)
-        max_tokens = validation.fit_context(
-            model.context_length,
-            prompt_tokens,
+        prompt_tokens, max_tokens = await _budget(
+            model,
+            [prompt],
             validation.requested_max_tokens(request),
+            ctx,
+            special_tokens=False,
             param="messages",
             cap=self._settings.max_tokens_limit,
         )
-        if ctx.meter is not None:
-            await ctx.meter.check(prompt_tokens)
         return _Job(
             model=model,
             prompts=[prompt],
-            prompt_tokens=[prompt_tokens],
+            prompt_tokens=prompt_tokens,
+            special_tokens=False,
+            stream=bool(request.stream),
             params=validation.sampling_params(request, max_tokens, logprobs=bool(request.logprobs)),
             n=request.n or 1,
             include_usage=_include_usage(request),
@@ -383,22 +388,22 @@ class Engine:
         validation.check_completion(request, self._settings)
         model = self._model(request.model, ctx)
         prompts = [request.prompt] if isinstance(request.prompt, str) else list(request.prompt)
-        counts = [await model.tokenizer.count_async(p, add_special_tokens=True) for p in prompts]
-        requested = validation.requested_max_tokens(request)
         # One budget for all prompts, as the request has one max_tokens: the longest prompt decides.
-        max_tokens = validation.fit_context(
-            model.context_length,
-            max(counts),
-            requested,
+        counts, max_tokens = await _budget(
+            model,
+            prompts,
+            validation.requested_max_tokens(request),
+            ctx,
+            special_tokens=True,
             param="prompt",
             cap=self._settings.max_tokens_limit,
         )
-        if ctx.meter is not None:
-            await ctx.meter.check(sum(counts))
         return _Job(
             model=model,
             prompts=prompts,
             prompt_tokens=counts,
+            special_tokens=True,
+            stream=bool(request.stream),
             params=validation.sampling_params(
                 request, max_tokens, logprobs=request.logprobs is not None
             ),
@@ -475,7 +480,7 @@ class Engine:
                 sub_id = f"{request_id}-{len(streams)}" if several else request_id
                 streams.append(
                     self.backend.generate(
-                        job.model.route, GenerationRequest(prompt, params, sub_id)
+                        job.model.route, GenerationRequest(prompt, params, sub_id, job.stream)
                     )
                 )
         return streams
@@ -592,12 +597,50 @@ def _finish_reason(reason: str) -> str:
     return "stop"
 
 
+async def _budget(
+    model: ServedModel,
+    prompts: list[str],
+    requested: int | None,
+    ctx: CallContext,
+    *,
+    special_tokens: bool,
+    param: str,
+    cap: int | None,
+) -> tuple[list[int | None], int]:
+    """The prompts' token counts and the completion budget, after the context and token-budget
+    checks; a 400 or 429 when they fail.
+
+    Counting is skipped (None) when a cheap upper bound of the count already passes both checks,
+    since Triton reports the exact count: on short prompts, tokenising cost more than the rest
+    of the request's validation. Without `max_tokens` the budget depends on the exact count."""
+    tokenizer = model.tokenizer
+    if requested is not None:
+        bounds = [tokenizer.bound(p, add_special_tokens=special_tokens) for p in prompts]
+        known = [b for b in bounds if b is not None]
+        fits = len(known) == len(bounds) and max(known) + requested <= model.context_length
+        if fits and (ctx.meter is None or ctx.meter.admits(sum(known))):
+            return [None] * len(prompts), requested
+    counts = [await tokenizer.count_async(p, add_special_tokens=special_tokens) for p in prompts]
+    max_tokens = validation.fit_context(
+        model.context_length, max(counts), requested, param=param, cap=cap
+    )
+    if ctx.meter is not None:
+        await ctx.meter.check(sum(counts))
+    return list(counts), max_tokens
+
+
 def _usage(job: _Job, choices: Sequence[_Choice]) -> protocol.Usage:
     # Prompt tokens count once per prompt (not per sample); Triton's own count wins over ours.
     prompt_tokens = 0
     for i, counted in enumerate(job.prompt_tokens):
         reported = choices[i * job.n].input_tokens
-        prompt_tokens += counted if reported is None else reported
+        if reported is None:
+            reported = counted
+        if reported is None:  # a route that does not report it, and a prompt we did not count
+            reported = job.model.tokenizer.count(
+                job.prompts[i], add_special_tokens=job.special_tokens
+            )
+        prompt_tokens += reported
     completion_tokens = sum(c.output_tokens for c in choices)
     return protocol.Usage(
         prompt_tokens=prompt_tokens,

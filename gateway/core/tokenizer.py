@@ -9,6 +9,9 @@ from tokenizers import Tokenizer
 
 # Below this many characters encoding takes microseconds: do it inline rather than pay a thread hop.
 _INLINE_CHARS = 8192
+# How many UTF-8 bytes' worth of tokens a normaliser can make of one byte of text, for those
+# whose expansion is bounded and small (NFC at most triples a code point's encoding).
+_EXPANSION = {None: 1, "NFC": 3}
 
 
 class PromptTokenizer:
@@ -16,6 +19,9 @@ class PromptTokenizer:
 
     def __init__(self, tokenizer: Tokenizer):
         self._tokenizer = tokenizer
+        normalizer = tokenizer.normalizer
+        self._expansion = _EXPANSION.get(None if normalizer is None else type(normalizer).__name__)
+        self._specials = tokenizer.num_special_tokens_to_add(False)
 
     @classmethod
     def from_dir(cls, model_dir: Path) -> PromptTokenizer:
@@ -28,6 +34,18 @@ class PromptTokenizer:
     def count(self, text: str, *, add_special_tokens: bool) -> int:
         """Number of tokens in `text`; chat prompts already carry their special tokens."""
         return len(self._tokenizer.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def bound(self, text: str, *, add_special_tokens: bool) -> int | None:
+        """An upper bound on `count(text)` that costs next to nothing, or None for tokenizers
+        whose normaliser may grow the text without a small bound.
+
+        Every token of a byte-level or byte-fallback tokenizer covers at least one byte of the
+        normalised text, bar one prefix-space token and the special tokens it adds; requests that
+        fit the context and the token budget even at this bound need no exact count."""
+        if self._expansion is None:
+            return None
+        specials = self._specials if add_special_tokens else 0
+        return self._expansion * len(text.encode()) + specials + 1
 
     async def count_async(self, text: str, *, add_special_tokens: bool) -> int:
         """`count` that keeps long prompts off the event loop."""

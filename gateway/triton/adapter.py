@@ -42,7 +42,7 @@ def build_request(
     seed = None if p.seed is None else p.seed % _UINT64
     # (tensor, value or None for "not requested", Triton dtype, OpenAI parameter, neutral value)
     optional: list[tuple[str, object, str, str | None, object]] = [
-        ("stream", True, "BOOL", None, None),
+        ("stream", request.stream or None, "BOOL", None, None),
         ("exclude_input_in_output", True, "BOOL", None, None),
         ("return_num_input_tokens", True, "BOOL", None, None),
         ("return_num_output_tokens", True, "BOOL", None, None),
@@ -84,6 +84,18 @@ def build_request(
                 raise InvalidRequest(f"'{param or name}' is out of range.", param=param) from exc
             inputs.add(name=name, datatype=dtype, shape=_BATCH_OF_ONE)
             contents.append(packed)
+    return infer
+
+
+def build_stop(route: str, request_id: str) -> service_pb2.ModelInferRequest:
+    """TensorRT-LLM's way to end an in-flight request: `stop=true` with the request's id."""
+    infer = service_pb2.ModelInferRequest(model_name=route, id=request_id)
+    infer.inputs.add(name="text_input", datatype="BYTES", shape=_BATCH_OF_ONE)
+    infer.raw_input_contents.append(_bytes(("",)))
+    infer.inputs.add(name="max_tokens", datatype="INT32", shape=_BATCH_OF_ONE)
+    infer.raw_input_contents.append(_PACK["INT32"](1))
+    infer.inputs.add(name="stop", datatype="BOOL", shape=_BATCH_OF_ONE)
+    infer.raw_input_contents.append(_PACK["BOOL"](True))
     return infer
 
 

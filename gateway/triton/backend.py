@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from functools import partial
 
 from tritonclient.utils import InferenceServerException
 
@@ -13,6 +14,13 @@ from gateway.generation import Delta, GenerationRequest
 from gateway.triton import adapter
 from gateway.triton.client import TritonPool
 from gateway.triton.discovery import RouteTensors, route_tensors
+
+# Routes with a `finish_reason` output (LocalMoE's text routes: `tensorrt_llm_bls`) always leave
+# the prompt out of their text and report token counts, so these switches, which NVIDIA's routes
+# need, change nothing there; each input tensor costs Triton work on every request.
+_NO_OP_SWITCHES = frozenset(
+    {"exclude_input_in_output", "return_num_input_tokens", "return_num_output_tokens"}
+)
 
 
 class TritonBackend:
@@ -39,7 +47,9 @@ class TritonBackend:
         self, route: str, request: GenerationRequest, tensors: RouteTensors
     ) -> AsyncGenerator[Delta, None]:
         infer = adapter.build_request(route, request, tensors.inputs)
-        stream = self.pool.stream(infer, parse=adapter.parse)
+        # Routes that take `stop` share streams and are stopped by id; others get their own RPC.
+        stop = partial(adapter.build_stop, route) if "stop" in tensors.inputs else None
+        stream = self.pool.stream(infer, parse=adapter.parse, stop=stop)
         if "finish_reason" in tensors.outputs:
             return stream
         return _ensemble_semantics(stream, request.params.max_tokens)
@@ -51,6 +61,8 @@ class TritonBackend:
             tensors = await route_tensors(self.pool.ready_client(), route)
         except InferenceServerException as exc:
             raise UpstreamUnavailable(f"Model route '{route}' is not available: {exc}") from exc
+        if "finish_reason" in tensors.outputs:
+            tensors = RouteTensors(tensors.inputs - _NO_OP_SWITCHES, tensors.outputs)
         self._routes[route] = tensors
         async with aclosing(self._stream(route, request, tensors)) as stream:
             async for delta in stream:

@@ -43,6 +43,8 @@ _FORWARD = {
 _WAITERS = ThreadPoolExecutor(max_workers=256, thread_name_prefix="bls-wait")
 _DONE = object()
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+# Ids of `stop` requests that found nothing in flight, remembered in case theirs comes later.
+_EARLY_STOPS = 1024
 
 
 async def _responses(iterator: Iterator) -> AsyncIterator:
@@ -57,6 +59,9 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         self.tok = load_tokenizer(params["tokenizer_dir"])
         self.llm = params.get("tensorrt_llm_model_name", "tensorrt_llm")
+        # In-flight requests by client id, for `stop` requests (the gateway's cancellation).
+        self._inflight: dict[str, _Sender] = {}
+        self._early_stops: dict[str, bool] = {}
 
     async def execute(self, requests: list) -> None:
         await asyncio.gather(*(self._generate(r) for r in requests))
@@ -65,6 +70,16 @@ class TritonPythonModel:
     async def _generate(self, request) -> None:
         """Serve one request; whatever fails, the engine request stops and a final is sent."""
         sender = _Sender(request.get_response_sender())
+        client_id = request.request_id()
+        if _flag(request, "stop"):
+            await self._stop_client(client_id)
+            sender.send(flags=_FINAL)
+            return
+        if client_id:
+            if self._early_stops.pop(client_id, False):
+                sender.send(flags=_FINAL)  # stopped before it got here
+                return
+            self._inflight[client_id] = sender
         try:
             await self._serve(request, sender)
         except Exception as exc:
@@ -76,6 +91,21 @@ class TritonPythonModel:
                 error = pb_utils.TritonError(f"generation failed: {exc}")
                 with contextlib.suppress(Exception):
                     sender.send(pb_utils.InferenceResponse(error=error), flags=_FINAL)
+        finally:
+            if client_id and self._inflight.get(client_id) is sender:
+                del self._inflight[client_id]
+
+    async def _stop_client(self, client_id: str) -> None:
+        """End the in-flight request with this client id: a `stop` request arrived for it."""
+        sender = self._inflight.get(client_id)
+        if sender is None:
+            self._early_stops[client_id] = True
+            if len(self._early_stops) > _EARLY_STOPS:
+                del self._early_stops[next(iter(self._early_stops))]
+            return
+        sender.stopped = True
+        if sender.engine_request_id:
+            await self._stop(sender.engine_request_id)
 
     async def _serve(self, request, sender: _Sender) -> None:
         final = _FINAL
@@ -92,6 +122,9 @@ class TritonPythonModel:
         matcher = StopStringMatcher(stops)
         want_lp = bool(scalar(inputs, "return_log_probs", False))
         text, logprobs, generated, reason = [], [], 0, ""
+        if sender.stopped:
+            sender.send(flags=final)
+            return
         sender.engine_request_id = call.request_id
         async for response in _responses(await call.infer.async_exec(decoupled=True)):
             if reason:
@@ -99,7 +132,7 @@ class TritonPythonModel:
             if response.has_error():
                 sender.send(pb_utils.InferenceResponse(error=response.error()), flags=final)
                 return
-            if request.is_cancelled():
+            if sender.stopped or request.is_cancelled():
                 reason = "cancelled"
                 await self._stop(call.request_id)
                 continue
@@ -193,6 +226,11 @@ class TritonPythonModel:
         sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=flags)
 
 
+def _flag(request, name: str) -> bool:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return tensor is not None and bool(tensor.as_numpy().reshape(-1)[0])
+
+
 class _Sender:
     """A response sender that remembers whether the final response went out."""
 
@@ -200,6 +238,7 @@ class _Sender:
         self._sender = sender
         self.closed = False
         self.engine_request_id: str | None = None
+        self.stopped = False
 
     def send(self, response=None, flags: int = 0) -> None:
         if flags & _FINAL:

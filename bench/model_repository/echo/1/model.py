@@ -15,9 +15,14 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 _DEFAULT_MAX_TOKENS = 16
+_REMEMBERED_STOPS = 1024
 
 
 class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        # Client ids that a `stop` request named (TensorRT-LLM's cancellation), newest last.
+        self._stops: dict[str, bool] = {}
+
     async def execute(self, requests: list) -> None:
         await asyncio.gather(*(self._answer(r) for r in requests))
         return None
@@ -25,6 +30,13 @@ class TritonPythonModel:
     async def _answer(self, request) -> None:
         sender = request.get_response_sender()
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        client_id = request.request_id()
+        if bool(_scalar(request, "stop", False)):
+            self._stops[client_id] = True
+            if len(self._stops) > _REMEMBERED_STOPS:
+                del self._stops[next(iter(self._stops))]
+            sender.send(flags=final)
+            return
         prompt = _scalar(request, "text_input", b"")
         words = prompt.decode("utf-8", errors="replace").split() or ["echo"]
         max_tokens = int(_scalar(request, "max_tokens", _DEFAULT_MAX_TOKENS))
@@ -37,7 +49,7 @@ class TritonPythonModel:
             sender.send(_response("".join(tokens), "length", len(words), max_tokens), flags=final)
             return
         for i, token in enumerate(tokens[:-1]):
-            if request.is_cancelled():
+            if request.is_cancelled() or self._stops.pop(client_id, False):
                 sender.send(flags=final)
                 return
             sender.send(_response(token, "", len(words), i + 1))
