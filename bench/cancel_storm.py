@@ -2,6 +2,7 @@
 
     python -m bench.cancel_storm                  # 64 streams of `echo`, cancelled after 5 tokens
     python -m bench.cancel_storm --rounds 100 --streams 64 --cancel-after 20
+    python -m bench.cancel_storm --gateway        # the same storm of HTTP clients, via the gateway
 
 Each round opens `streams` gRPC streams to the `echo` model (256 tokens each) and cancels every
 one after `cancel_after` responses, which is what a gateway does when its HTTP clients go away.
@@ -9,12 +10,18 @@ With tritonserver 2.51 (the nvidia-pytriton 0.7.0 wheel) on this machine the ser
 to a few dozen rounds, either stops answering (and aborts with `ASSERTION FAILED: prior > 0` in
 gRPC's sync.cc when it is stopped) or dies with signal 11. Reading every stream to its end never
 did either in the same runs. Exit status 1 when Triton hung or died.
+
+With `--gateway` the clients are HTTP streams through the gateway that hang up after
+`cancel_after` chunks. The gateway shares long-lived gRPC streams and ends abandoned requests with
+TensorRT-LLM's `stop` message instead of cancelling RPCs, so Triton should survive every round.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import infer_request
+from bench.procs import popen, stop_process
 from bench.repository import bench_repository
-from bench.stack import free_port
+from bench.stack import free_port, http_json
 
 _PROMPT = "<|im_start|>user\nHello there, how are you?<|im_end|>\n<|im_start|>assistant\n"
 
@@ -70,6 +78,48 @@ async def _one(stub: Any, request: Any, cancel_after: int) -> int:
     return count
 
 
+async def storm_gateway(
+    base_url: str, rounds: int, streams: int, cancel_after: int, timeout: float
+) -> bool:
+    """The storm as HTTP clients of the gateway at `base_url`; False when a round hangs or
+    a fresh request fails after it."""
+    import httpx
+
+    body = {
+        "model": "echo",
+        "messages": [{"role": "user", "content": "Hello there, how are you?"}],
+        "max_tokens": 256,
+        "stream": True,
+    }
+    limits = httpx.Limits(max_connections=streams * 2)
+    async with httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits) as client:
+
+        async def one() -> int:
+            count = 0
+            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                response.raise_for_status()
+                async for line in response.aiter_lines():
+                    count += line.startswith("data:")
+                    if count >= cancel_after:
+                        break
+            return count
+
+        for number in range(rounds):
+            start = time.monotonic()
+            try:
+                counts = await asyncio.wait_for(
+                    asyncio.gather(*(one() for _ in range(streams))), timeout
+                )
+                check = await client.post("/v1/chat/completions", json={**body, "stream": False})
+                check.raise_for_status()
+            except (TimeoutError, httpx.HTTPError) as exc:
+                print(f"round {number}: the stack stopped answering ({exc!r})")
+                return False
+            took = time.monotonic() - start
+            print(f"round {number}: {sum(counts)} chunks in {took:.2f} s", flush=True)
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Start an echo-only Triton, run the storm, stop Triton; 1 if Triton hung."""
     from gateway import paths
@@ -80,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, default=64)
     parser.add_argument("--cancel-after", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds a round may take")
+    parser.add_argument("--gateway", action="store_true", help="HTTP clients via the gateway")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="cancel-storm-") as tmp:
         repository = bench_repository(Path(tmp) / "repo", paths.default_model_dir(), with_moe=False)
@@ -87,16 +138,53 @@ def main(argv: Sequence[str] | None = None) -> int:
             repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
         )
         triton.start()
+        gateway = None
         try:
-            ok = asyncio.run(
-                storm(triton.grpc_url, args.rounds, args.streams, args.cancel_after, args.timeout)
-            )
+            if args.gateway:
+                gateway, base_url = _start_gateway(Path(tmp), triton.grpc_url)
+                run = storm_gateway(
+                    base_url, args.rounds, args.streams, args.cancel_after, args.timeout
+                )
+            else:
+                run = storm(
+                    triton.grpc_url, args.rounds, args.streams, args.cancel_after, args.timeout
+                )
+            ok = asyncio.run(run)
         finally:
+            if gateway is not None:
+                stop_process(gateway)
             triton.stop()
         if not ok:
             errors = [line for line in triton.log_tail if line.startswith("E") or "Signal" in line]
             print("\n".join(errors[-5:]))
     return 0 if ok else 1
+
+
+def _start_gateway(workdir: Path, triton_url: str) -> tuple[Any, str]:
+    """An auth-free gateway serving `echo` in front of `triton_url`, and its base URL."""
+    import yaml
+
+    from gateway import paths
+
+    port = free_port()
+    config = workdir / "gateway.yaml"
+    model = {"id": "echo", "route": "echo", "tokenizer_dir": str(paths.default_model_dir())}
+    config.write_text(yaml.safe_dump({"models": [model], "discover_models": False}))
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
+    command += ["--port", str(port), "--triton-url", triton_url]
+    env = {**os.environ, "LOCALMOE_AUTH": "false", "LOCALMOE_ACCESS_LOG": "false"}
+    with (workdir / "gateway.log").open("ab") as log:
+        process = popen(command, name="gateway", env=env, stdout=log, stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            http_json(f"{base_url}/health/ready")
+            return process, base_url
+        except OSError:
+            time.sleep(0.2)
+    stop_process(process)
+    raise RuntimeError(f"the gateway did not get ready; see {workdir / 'gateway.log'}")
 
 
 if __name__ == "__main__":

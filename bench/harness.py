@@ -338,11 +338,16 @@ class Harness:
                 "Workers scenario skipped: `localmoe serve` has no `--workers` option yet."
             )
             return []
-        body = chat_body(ECHO_MODEL, max_tokens=1)
+        # Echo needs Triton, which shares the cores here; cache hits are the gateway alone, so
+        # they show whether the gateway itself scales with its workers.
+        echo = chat_body(ECHO_MODEL, max_tokens=1)
+        hit = chat_body(ECHO_MODEL, max_tokens=1, temperature=0.0, content="asked by every worker")
         targets = []
-        for n in self.config.workers:
-            service = self.gateway if n == 1 else self.extra_gateways[f"gateway-{n}-workers"]
-            targets.append(replace(self._gateway_target(body, service), name=f"gateway x{n}"))
+        for body, label in ((echo, ""), (hit, ", cache hit")):
+            for n in self.config.workers:
+                service = self.gateway if n == 1 else self.extra_gateways[f"gateway-{n}-workers"]
+                target = self._gateway_target(body, service)
+                targets.append(replace(target, name=f"gateway x{n}{label}"))
         return self._interleave(
             "workers", ECHO_MODEL, targets, self.config.concurrency, max_tokens=1
         )

@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import keys
 from gateway.api import errors, metrics, routes
@@ -27,6 +28,31 @@ from gateway.triton.backend import TritonBackend
 from gateway.triton.client import TritonPool
 
 _STARTUP_DISCOVERY_S = 10.0
+
+
+class _GatewayApp(FastAPI):
+    """FastAPI, with the generation routes served ahead of its middleware stack.
+
+    They get the same request context and body limit as every route (`generation`), and skip
+    Starlette's error and FastAPI's exit-stack, telemetry and body-limit middleware, the router
+    and FastAPI's request handling: per request, those cost about as much as everything the
+    gateway itself does."""
+
+    generation: ASGIApp | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        generation = self.generation
+        if generation is None:
+            return stack
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            if routes.is_generation(scope):
+                await generation(scope, receive, send)
+            else:
+                await stack(scope, receive, send)
+
+        return app
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -73,7 +99,7 @@ def create_app(settings: Settings) -> FastAPI:
             if cache is not None:
                 await cache.aclose()
 
-    app = FastAPI(
+    app = _GatewayApp(
         title="LocalMoE gateway",
         summary="OpenAI-compatible API in front of Triton Inference Server",
         lifespan=lifespan,
@@ -91,4 +117,8 @@ def create_app(settings: Settings) -> FastAPI:
     # Added last = outermost.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext, access_log_enabled=settings.access_log)
+    app.generation = RequestContext(
+        BodySizeLimit(routes.generation_app, max_bytes=settings.max_body_bytes),
+        access_log_enabled=settings.access_log,
+    )
     return app

@@ -21,6 +21,9 @@ class PromptTokenizer:
         self._tokenizer = tokenizer
         normalizer = tokenizer.normalizer
         self._expansion = _EXPANSION.get(None if normalizer is None else type(normalizer).__name__)
+        if self._expansion is not None and _adds_prefix_spaces(tokenizer):
+            # A prefix space may start every piece between added tokens: one more token a byte.
+            self._expansion *= 2
         self._specials = tokenizer.num_special_tokens_to_add(False)
 
     @classmethod
@@ -40,7 +43,7 @@ class PromptTokenizer:
         whose normaliser may grow the text without a small bound.
 
         Every token of a byte-level or byte-fallback tokenizer covers at least one byte of the
-        normalised text, bar one prefix-space token and the special tokens it adds; requests that
+        normalised text, bar prefix-space tokens and the special tokens it adds; requests that
         fit the context and the token budget even at this bound need no exact count."""
         if self._expansion is None:
             return None
@@ -52,3 +55,9 @@ class PromptTokenizer:
         if len(text) < _INLINE_CHARS:
             return self.count(text, add_special_tokens=add_special_tokens)
         return await asyncio.to_thread(self.count, text, add_special_tokens=add_special_tokens)
+
+
+def _adds_prefix_spaces(tokenizer: Tokenizer) -> bool:
+    # ByteLevel(add_prefix_space=True) and Metaspace add a space before each piece of text.
+    described = repr(tokenizer.pre_tokenizer)
+    return "add_prefix_space=True" in described or "Metaspace" in described
