@@ -68,7 +68,9 @@ class TritonPythonModel:
                 raise InputError("only beam_width=1 and num_return_sequences=1 are supported")
             streaming = bool(scalar(inputs, "streaming", False))
             client_id, engine_id = request.request_id(), uuid.uuid4().hex
-            responder = _Responder(sender, streaming, params.return_logprobs)
+            responder = _Responder(
+                sender, streaming, params.return_logprobs, request.requested_output_names()
+            )
             responder.on_finished = lambda: self._ids.remove(client_id, engine_id)
             self._ids.add(client_id, engine_id)
             try:
@@ -124,10 +126,12 @@ class _IdMap:
 class _Responder:
     """Turns engine step outputs into Triton responses for one request."""
 
-    def __init__(self, sender, streaming: bool, logprobs: bool) -> None:
+    def __init__(self, sender, streaming: bool, logprobs: bool, wanted: list[str]) -> None:
         self.sender = sender
         self.streaming = streaming
         self.logprobs = logprobs
+        # Tensors nobody asked for cost a copy to the server each per token; none named: all.
+        self.wanted = set(wanted)
         self.tokens: list[int] = []
         self.token_logprobs: list[float] = []
         self.cum = 0.0
@@ -157,9 +161,9 @@ class _Responder:
             self._send(self.tokens, self.token_logprobs if self.logprobs else None, final)
 
     def _send(self, tokens: list[int], logprobs: list[float] | None, flags: int) -> None:
-        tensors = [
-            pb_utils.Tensor(k, v) for k, v in output_tensors(tokens, logprobs, self.cum).items()
-        ]
+        outputs = output_tensors(tokens, logprobs, self.cum)
+        wanted = self.wanted or outputs.keys()
+        tensors = [pb_utils.Tensor(k, v) for k, v in outputs.items() if k in wanted]
         self.sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=flags)
 
 

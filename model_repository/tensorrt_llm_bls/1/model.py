@@ -168,6 +168,7 @@ class TritonPythonModel:
         self._send(sender, body, reason, call, generated, (logprobs if want_lp else None), final)
 
     def _llm_request(self, inputs: dict) -> _Call:
+        want_lp = bool(scalar(inputs, "return_log_probs", False))
         prompt = scalar(inputs, "text_input")
         if prompt is None:
             raise InputError("input 'text_input' is required")
@@ -191,7 +192,7 @@ class TritonPythonModel:
         infer = pb_utils.InferenceRequest(
             model_name=self.llm,
             inputs=tensors,
-            requested_output_names=["output_ids", "sequence_length", "output_log_probs"],
+            requested_output_names=["output_ids", *(["output_log_probs"] if want_lp else [])],
             request_id=request_id,
         )
         return _Call(infer, request_id, int(max_tokens), len(ids))
@@ -215,10 +216,16 @@ class TritonPythonModel:
     def _send(self, sender, text, reason, call, generated, logprobs, flags=0) -> None:
         tensors = [
             pb_utils.Tensor("text_output", np.asarray([[text.encode("utf-8")]], dtype=np.object_)),
-            pb_utils.Tensor("finish_reason", np.asarray([[reason.encode()]], dtype=np.object_)),
-            pb_utils.Tensor("num_input_tokens", np.asarray([[call.prompt_tokens]], dtype=np.int32)),
             pb_utils.Tensor("num_output_tokens", np.asarray([[generated]], dtype=np.int32)),
         ]
+        if flags & _FINAL:
+            # What does not change token by token goes out once, with the final response.
+            tensors += [
+                pb_utils.Tensor("finish_reason", np.asarray([[reason.encode()]], dtype=np.object_)),
+                pb_utils.Tensor(
+                    "num_input_tokens", np.asarray([[call.prompt_tokens]], dtype=np.int32)
+                ),
+            ]
         if logprobs is not None:
             tensors.append(
                 pb_utils.Tensor("output_log_probs", np.asarray([logprobs], dtype=np.float32))
