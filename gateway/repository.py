@@ -28,7 +28,7 @@ PROFILES: dict[str, dict[str, str]] = {
         "engine_max_batch_size": "8",
         "engine_dtype": "float32",
         # Half the CPUs: torch's default (all of them) keeps OpenMP threads spinning on the
-        # cores Triton's Python stubs need; on 2 cores one thread gave 30-45 % more tokens/s.
+        # cores Triton's Python stubs need (`python -m bench.engine_threads` compares).
         "engine_num_threads": str(max(1, (os.cpu_count() or 2) // 2)),
         "preprocessing_instance_count": "1",
         "postprocessing_instance_count": "1",
