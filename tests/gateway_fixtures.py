@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 import yaml
@@ -154,6 +155,30 @@ def gateway(triton: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
     )
     yield process
     stop_gateway(process)
+
+
+@pytest.fixture(scope="session")
+def unshared_gateway(
+    triton: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """Like `gateway`, with `triton_streams: 0`: one gRPC call per request, cancelled to cancel."""
+    process = start_gateway(
+        tmp_path_factory.mktemp("unshared-gateway"),
+        triton_urls=[triton.grpc_url],
+        config={"max_body_bytes": MAX_BODY_BYTES, "cache_enabled": False},
+        env={"LOCALMOE_TRITON_STREAMS": "0"},
+    )
+    yield process
+    stop_gateway(process)
+
+
+@pytest.fixture
+def long_generation(gateway: GatewayProcess, model_id: str) -> dict[str, Any]:
+    """Sampling settings that keep the engine busy for the whole context."""
+    card = httpx.get(
+        f"{gateway.base_url}/models/{model_id}", headers=gateway.headers, timeout=10
+    ).json()
+    return {"max_tokens": card["max_model_len"] - 64, "ignore_eos": True, "temperature": 1.0}
 
 
 @pytest.fixture(scope="session")

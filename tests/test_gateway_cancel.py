@@ -20,18 +20,20 @@ def _active(triton: Any) -> float:
     return metric_value(triton.metrics_url, "nv_trt_llm_request_metrics", request_type="active")
 
 
+# The default shares gRPC streams and stops requests by id; `triton_streams: 0` cancels RPCs.
+GATEWAYS = pytest.mark.parametrize("gateway_kind", ["gateway", "unshared_gateway"])
+
+
 @pytest.fixture
-def long_generation(gateway: GatewayProcess, model_id: str) -> dict[str, Any]:
-    """Sampling settings that keep the engine busy for the whole context."""
-    card = httpx.get(
-        f"{gateway.base_url}/models/{model_id}", headers=gateway.headers, timeout=10
-    ).json()
-    return {"max_tokens": card["max_model_len"] - 64, "ignore_eos": True, "temperature": 1.0}
+def any_gateway(request: pytest.FixtureRequest, gateway_kind: str) -> GatewayProcess:
+    return request.getfixturevalue(gateway_kind)
 
 
+@GATEWAYS
 def test_disconnect_mid_stream_cancels_the_triton_request(
-    gateway: GatewayProcess, triton: Any, model_id: str, long_generation: dict[str, Any]
+    any_gateway: GatewayProcess, triton: Any, model_id: str, long_generation: dict[str, Any]
 ) -> None:
+    gateway = any_gateway
     body = {"model": model_id, "messages": [{"role": "user", "content": "hi"}], "stream": True}
     url = f"{gateway.base_url}/chat/completions"
     with httpx.stream(
@@ -44,9 +46,11 @@ def test_disconnect_mid_stream_cancels_the_triton_request(
     assert wait_for(lambda: _active(triton) == 0, timeout=CANCEL_WITHIN_S)
 
 
+@GATEWAYS
 def test_disconnect_while_waiting_for_a_whole_answer_cancels_the_triton_request(
-    gateway: GatewayProcess, triton: Any, model_id: str, long_generation: dict[str, Any]
+    any_gateway: GatewayProcess, triton: Any, model_id: str, long_generation: dict[str, Any]
 ) -> None:
+    gateway = any_gateway
     body = {"model": model_id, "prompt": "Once upon a time", **long_generation}
     timeout = httpx.Timeout(30, read=2)
     with ThreadPoolExecutor(1) as pool:

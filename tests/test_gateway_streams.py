@@ -10,7 +10,6 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,15 +33,6 @@ SHARED_ID = "same-client-id-42"
 
 def _gauge(triton: Any, kind: str) -> float:
     return metric_value(triton.metrics_url, "nv_trt_llm_request_metrics", request_type=kind)
-
-
-@pytest.fixture
-def long_generation(gateway: GatewayProcess, model_id: str) -> dict[str, Any]:
-    """Sampling settings that keep the engine busy for the whole context."""
-    card = httpx.get(
-        f"{gateway.base_url}/models/{model_id}", headers=gateway.headers, timeout=10
-    ).json()
-    return {"max_tokens": card["max_model_len"] - 64, "ignore_eos": True, "temperature": 1.0}
 
 
 @pytest.fixture
@@ -238,21 +228,6 @@ def test_gateway_serves_again_after_triton_restarts(
             server.stop()
 
 
-@pytest.fixture(scope="module")
-def unshared_gateway(
-    triton: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[GatewayProcess]:
-    """A gateway with `triton_streams: 0`: one gRPC call per request."""
-    process = start_gateway(
-        tmp_path_factory.mktemp("unshared-gateway"),
-        triton_urls=[triton.grpc_url],
-        config={"cache_enabled": False},
-        env={"LOCALMOE_TRITON_STREAMS": "0"},
-    )
-    yield process
-    stop_gateway(process)
-
-
 def test_one_call_per_request_still_serves_completions(
     unshared_gateway: GatewayProcess, client: openai.OpenAI, model_id: str
 ) -> None:
@@ -268,25 +243,6 @@ def test_one_call_per_request_still_serves_completions(
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
     # The same answer as through the shared streams.
     assert _complete(client, model_id, "Once upon a time", max_tokens=16) == whole
-
-
-def test_one_call_per_request_disconnect_mid_stream_cancels_the_triton_request(
-    unshared_gateway: GatewayProcess,
-    triton: Any,
-    model_id: str,
-    long_generation: dict[str, Any],
-    idle_engine: None,
-) -> None:
-    body = {"model": model_id, "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    url = f"{unshared_gateway.base_url}/chat/completions"
-    with httpx.stream(
-        "POST", url, json={**body, **long_generation}, headers=unshared_gateway.headers, timeout=30
-    ) as response:
-        events = (line for line in response.iter_lines() if line)
-        for _ in range(4):
-            next(events)
-        assert wait_for(lambda: _gauge(triton, "active") >= 1, timeout=2)
-    assert wait_for(lambda: _gauge(triton, "active") == 0, timeout=CANCEL_WITHIN_S)
 
 
 def test_many_concurrent_streams_on_shared_calls_each_get_their_own_answer(
