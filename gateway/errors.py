@@ -111,6 +111,13 @@ class UpstreamError(GatewayError):
     code = "upstream_error"
 
 
+class UpstreamTimeout(UpstreamError):
+    """Triton did not finish the request within `upstream_timeout_s` (504)."""
+
+    status = 504
+    code = "upstream_timeout"
+
+
 class LimitsUnavailable(GatewayError):
     """Rate limits fail closed and their storage (Redis) is unreachable (503)."""
 

@@ -10,6 +10,7 @@ import contextlib
 import json
 import socket
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -288,3 +289,38 @@ def test_many_concurrent_streams_on_shared_calls_each_get_their_own_answer(
         content = [c.delta.content for c in choices if c.delta.content]
         assert len(content) == request(i)["max_tokens"]  # one chunk per (ASCII) token
         assert "".join(content) == expected.choices[0].message.content
+
+
+@pytest.fixture(scope="module")
+def impatient_gateway(
+    triton: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """A gateway that gives Triton one second per request."""
+    process = start_gateway(
+        tmp_path_factory.mktemp("impatient-gateway"),
+        triton_urls=[triton.grpc_url],
+        config={"cache_enabled": False, "upstream_timeout_s": 1.0},
+    )
+    yield process
+    stop_gateway(process)
+
+
+def test_upstream_timeout_is_a_504_and_stops_the_engine_request(
+    impatient_gateway: GatewayProcess,
+    triton: Any,
+    model_id: str,
+    long_generation: dict[str, Any],
+    idle_engine: None,
+) -> None:
+    body = {"model": model_id, "prompt": "Once upon a time", **long_generation}
+    started = time.monotonic()
+    response = httpx.post(
+        f"{impatient_gateway.base_url}/completions",
+        json=body,
+        headers=impatient_gateway.headers,
+        timeout=30,
+    )
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "upstream_timeout"
+    assert time.monotonic() - started < 5
+    assert wait_for(lambda: _gauge(triton, "active") == 0, timeout=CANCEL_WITHIN_S)

@@ -32,7 +32,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
-from gateway.errors import UpstreamError, UpstreamUnavailable
+from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 
 log = logging.getLogger("localmoe.triton")
 
@@ -290,7 +290,7 @@ class TritonPool:
             # outside this generator (writing to its client), where a cancellation would land.
             deadline = None
             if self._stream_timeout_s is not None:
-                timed_out = UpstreamError(f"Triton upstream {upstream.url} timed out.")
+                timed_out = UpstreamTimeout(f"Triton upstream {upstream.url} timed out.")
                 deadline = loop.call_later(self._stream_timeout_s, inbox.put, timed_out)
             try:
                 await stream.send(request)
@@ -406,5 +406,5 @@ def _rpc_error(upstream: Upstream, exc: grpc.aio.AioRpcError) -> UpstreamError:
         upstream.ready = False
         return UpstreamUnavailable(f"Triton upstream {upstream.url} went away.")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return UpstreamError(f"Triton upstream {upstream.url} timed out.")
+        return UpstreamTimeout(f"Triton upstream {upstream.url} timed out.")
     return UpstreamError(f"Triton upstream {upstream.url} failed ({code.name}).")
