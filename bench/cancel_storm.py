@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,9 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import infer_request
-from bench.procs import popen, stop_process
-from bench.repository import bench_repository
-from bench.stack import free_port, http_json
+from bench.stack import Stack
 
 _PROMPT = "<|im_start|>user\nHello there, how are you?<|im_end|>\n<|im_start|>assistant\n"
 
@@ -79,7 +75,12 @@ async def _one(stub: Any, request: Any, cancel_after: int) -> int:
 
 
 async def storm_gateway(
-    base_url: str, rounds: int, streams: int, cancel_after: int, timeout: float
+    base_url: str,
+    headers: dict[str, str],
+    rounds: int,
+    streams: int,
+    cancel_after: int,
+    timeout: float,
 ) -> bool:
     """The storm as HTTP clients of the gateway at `base_url`; False when a round hangs or
     a fresh request fails after it."""
@@ -92,7 +93,9 @@ async def storm_gateway(
         "stream": True,
     }
     limits = httpx.Limits(max_connections=streams * 2)
-    async with httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=base_url, headers=headers, timeout=timeout, limits=limits
+    ) as client:
 
         async def one() -> int:
             count = 0
@@ -121,9 +124,8 @@ async def storm_gateway(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Start an echo-only Triton, run the storm, stop Triton; 1 if Triton hung."""
+    """Start an echo-only Triton (and the gateway), run the storm, stop them; 1 if Triton hung."""
     from gateway import paths
-    from gateway.launcher import TritonProcess
 
     parser = argparse.ArgumentParser(prog="python -m bench.cancel_storm", description=__doc__)
     parser.add_argument("--rounds", type=int, default=100)
@@ -132,59 +134,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds a round may take")
     parser.add_argument("--gateway", action="store_true", help="HTTP clients via the gateway")
     args = parser.parse_args(argv)
+    storm_args = (args.rounds, args.streams, args.cancel_after, args.timeout)
     with tempfile.TemporaryDirectory(prefix="cancel-storm-") as tmp:
-        repository = bench_repository(Path(tmp) / "repo", paths.default_model_dir(), with_moe=False)
-        triton = TritonProcess(
-            repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
-        )
-        triton.start()
-        gateway = None
+        stack = Stack(Path(tmp), model_dir=paths.default_model_dir())
         try:
+            triton = stack.start_triton(with_moe=False)
             if args.gateway:
-                gateway, base_url = _start_gateway(Path(tmp), triton.grpc_url)
-                run = storm_gateway(
-                    base_url, args.rounds, args.streams, args.cancel_after, args.timeout
-                )
+                gateway = stack.start_gateway()
+                run = storm_gateway(gateway.url, stack.gateway_headers(), *storm_args)
             else:
-                run = storm(
-                    triton.grpc_url, args.rounds, args.streams, args.cancel_after, args.timeout
-                )
+                run = storm(triton.grpc_url, *storm_args)
             ok = asyncio.run(run)
         finally:
-            if gateway is not None:
-                stop_process(gateway)
-            triton.stop()
+            stack.close()
         if not ok:
             errors = [line for line in triton.log_tail if line.startswith("E") or "Signal" in line]
             print("\n".join(errors[-5:]))
     return 0 if ok else 1
-
-
-def _start_gateway(workdir: Path, triton_url: str) -> tuple[Any, str]:
-    """An auth-free gateway serving `echo` in front of `triton_url`, and its base URL."""
-    import yaml
-
-    from gateway import paths
-
-    port = free_port()
-    config = workdir / "gateway.yaml"
-    model = {"id": "echo", "route": "echo", "tokenizer_dir": str(paths.default_model_dir())}
-    config.write_text(yaml.safe_dump({"models": [model], "discover_models": False}))
-    command = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config)]
-    command += ["--port", str(port), "--triton-url", triton_url]
-    env = {**os.environ, "LOCALMOE_AUTH": "false", "LOCALMOE_ACCESS_LOG": "false"}
-    with (workdir / "gateway.log").open("ab") as log:
-        process = popen(command, name="gateway", env=env, stdout=log, stderr=subprocess.STDOUT)
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            http_json(f"{base_url}/health/ready")
-            return process, base_url
-        except OSError:
-            time.sleep(0.2)
-    stop_process(process)
-    raise RuntimeError(f"the gateway did not get ready; see {workdir / 'gateway.log'}")
 
 
 if __name__ == "__main__":

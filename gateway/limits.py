@@ -277,9 +277,10 @@ class RateLimiter:
         state = admitted.tokens
         if state is None:
             return None
+        allowed = self.room_for(admitted, prompt_tokens)
+        if allowed is not None:
+            return allowed
         cost = max(0, prompt_tokens)
-        if cost <= state.remaining:
-            return LimitDecision(True, None, state)
         _TOKENS_REFUSED.inc()
         per = self._per()
         if cost > state.limit:
@@ -296,8 +297,8 @@ class RateLimiter:
         return LimitDecision(False, None, state, state.reset_seconds, message)
 
     def room_for(self, admitted: LimitDecision, tokens: int) -> LimitDecision | None:
-        """The allowed decision of `fit_tokens` when `tokens` fit, else None (decide with
-        `fit_tokens` or `check_tokens`): for an upper bound of a prompt's tokens."""
+        """The allowed decision of `fit_tokens` when `tokens` fit, else None, with no side
+        effects (no refusal counted): for an upper bound of a prompt's tokens."""
         state = admitted.tokens
         if state is None or max(0, tokens) > state.remaining:
             return None

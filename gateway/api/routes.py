@@ -99,7 +99,7 @@ generation = [
     _post("/v1/chat/completions", create_chat_completion),
     _post("/v1/completions", create_completion),
 ]
-_GENERATION = {route.path: (route, route.endpoint) for route in generation}
+_GENERATION = {route.path: route for route in generation}
 
 
 def is_generation(scope: Scope) -> bool:
@@ -109,10 +109,9 @@ def is_generation(scope: Scope) -> bool:
 
 async def generation_app(scope: Scope, receive: Receive, send: Send) -> None:
     """The generation routes as one ASGI app; errors become OpenAI errors here."""
-    route, endpoint = _GENERATION[scope["path"]]
-    scope["route"] = route
+    route = scope["route"] = _GENERATION[scope["path"]]
     try:
-        response = await endpoint(Request(scope, receive))
+        response = await route.endpoint(Request(scope, receive))
     except GatewayError as exc:
         response = error_response(exc)
     await response(scope, receive, send)

@@ -166,9 +166,7 @@ class SharedStream:
         except asyncio.CancelledError:
             self._fail(UpstreamError(f"Triton upstream {self.upstream.url} stream was closed."))
             raise
-        except grpc.aio.AioRpcError as exc:
-            self._fail(exc)
-        except Exception as exc:  # any end of the call fails its requests
+        except Exception as exc:  # any end of the call (an AioRpcError mostly) fails its requests
             self._fail(exc)
 
     def _fail(self, error: BaseException) -> None:
@@ -306,9 +304,7 @@ class TritonPool:
                         return
             except grpc.aio.AioRpcError as exc:
                 ended = True  # the call is gone, and with it the request
-                if exc.code() == grpc.StatusCode.UNAVAILABLE and not started:
-                    upstream.ready = False
-                    log.warning("upstream %s unreachable, trying the next one", upstream.url)
+                if _unreachable(upstream, exc, started):
                     continue
                 raise _rpc_error(upstream, exc) from exc
             except UpstreamUnavailable:
@@ -355,9 +351,7 @@ class TritonPool:
                         await call.done_writing()
                         return
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAVAILABLE and not started:
-                    upstream.ready = False
-                    log.warning("upstream %s unreachable, trying the next one", upstream.url)
+                if _unreachable(upstream, exc, started):
                     continue
                 raise _rpc_error(upstream, exc) from exc
             finally:
@@ -391,6 +385,16 @@ class TritonPool:
         while True:
             await asyncio.sleep(self._health_interval_s)
             await self.check()
+
+
+def _unreachable(upstream: Upstream, exc: grpc.aio.AioRpcError, started: bool) -> bool:
+    """Whether the request may go to the next upstream: this one could not be reached before
+    the request produced anything (it is then marked down)."""
+    if exc.code() != grpc.StatusCode.UNAVAILABLE or started:
+        return False
+    upstream.ready = False
+    log.warning("upstream %s unreachable, trying the next one", upstream.url)
+    return True
 
 
 def _model_error(model: str, message: str) -> UpstreamError:

@@ -71,7 +71,8 @@ class TritonPythonModel:
         """Serve one request; whatever fails, the engine request stops and a final is sent."""
         sender = _Sender(request.get_response_sender())
         client_id = request.request_id()
-        if _flag(request, "stop"):
+        inputs = {t.name(): t.as_numpy() for t in request.inputs()}
+        if scalar(inputs, "stop", False):
             await self._stop_client(client_id)
             sender.send(flags=_FINAL)
             return
@@ -81,7 +82,7 @@ class TritonPythonModel:
                 return
             self._inflight[client_id] = sender
         try:
-            await self._serve(request, sender)
+            await self._serve(request, inputs, sender)
         except Exception as exc:
             pb_utils.Logger.log_error(f"tensorrt_llm_bls: request failed: {exc!r}")
             if sender.engine_request_id:
@@ -107,9 +108,8 @@ class TritonPythonModel:
         if sender.engine_request_id:
             await self._stop(sender.engine_request_id)
 
-    async def _serve(self, request, sender: _Sender) -> None:
+    async def _serve(self, request, inputs: dict, sender: _Sender) -> None:
         final = _FINAL
-        inputs = {t.name(): t.as_numpy() for t in request.inputs()}
         try:
             call = self._llm_request(inputs)
             stops = [s.decode("utf-8") for s in inputs.get("stop_words", np.empty(0)).reshape(-1)]
@@ -120,7 +120,7 @@ class TritonPythonModel:
         stream = bool(scalar(inputs, "stream", False))
         detok = IncrementalDetokenizer(self.tok.tokenizer)
         matcher = StopStringMatcher(stops)
-        want_lp = bool(scalar(inputs, "return_log_probs", False))
+        want_lp = call.logprobs
         text, logprobs, generated, reason = [], [], 0, ""
         if sender.stopped:
             sender.send(flags=final)
@@ -195,7 +195,7 @@ class TritonPythonModel:
             requested_output_names=["output_ids", *(["output_log_probs"] if want_lp else [])],
             request_id=request_id,
         )
-        return _Call(infer, request_id, int(max_tokens), len(ids))
+        return _Call(infer, request_id, int(max_tokens), len(ids), want_lp)
 
     async def _stop(self, request_id: str) -> None:
         """Cancel an in-flight engine request the TensorRT-LLM way: `stop=true` with its id."""
@@ -233,11 +233,6 @@ class TritonPythonModel:
         sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=flags)
 
 
-def _flag(request, name: str) -> bool:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return tensor is not None and bool(tensor.as_numpy().reshape(-1)[0])
-
-
 class _Sender:
     """A response sender that remembers whether the final response went out."""
 
@@ -264,3 +259,4 @@ class _Call:
     request_id: str
     max_tokens: int
     prompt_tokens: int
+    logprobs: bool
