@@ -1,12 +1,15 @@
 """Triton adapter for the CPU MoE engine, with the tensor interface of NVIDIA's `tensorrt_llm`.
 
 Only the Triton callbacks live here; the engine (`moe_engine`) does scheduling, KV cache and
-sampling, and `moe_engine.serving` maps tensors. Responses are sent from the engine thread.
+sampling, and `moe_engine.serving` maps tensors. The engine thread builds each response and an
+outbox thread sends it: a send is a round trip to the server process, and the engine should be
+computing the next step meanwhile, not waiting on one round trip per sequence per step.
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import uuid
 
@@ -40,6 +43,7 @@ class TritonPythonModel:
         # Triton request ids are the client's and need not be unique (the ensemble copies the
         # client's id to every step), so the engine gets its own; `stop` finds them by client id.
         self._ids = _IdMap()
+        self._outbox = _Outbox()
         self.engine.start()
         self._metrics = _EngineMetrics(self.engine)
         self._metrics.start()
@@ -69,7 +73,10 @@ class TritonPythonModel:
             streaming = bool(scalar(inputs, "streaming", False))
             client_id, engine_id = request.request_id(), uuid.uuid4().hex
             responder = _Responder(
-                sender, streaming, params.return_logprobs, request.requested_output_names()
+                self._outbox.bind(sender),
+                streaming,
+                params.return_logprobs,
+                request.requested_output_names(),
             )
             responder.on_finished = lambda: self._ids.remove(client_id, engine_id)
             self._ids.add(client_id, engine_id)
@@ -95,7 +102,8 @@ class TritonPythonModel:
 
     def finalize(self) -> None:
         self._metrics.stop()
-        self.engine.shutdown()
+        self.engine.shutdown()  # every unfinished request gets its final response queued
+        self._outbox.close()
 
 
 class _IdMap:
@@ -121,6 +129,48 @@ class _IdMap:
     def lookup(self, client_id: str) -> list[str]:
         with self._lock:
             return list(self._ids.get(client_id, ()))
+
+
+class _Outbox:
+    """Sends responses on a thread of its own, in the order they were queued.
+
+    A Python-backend send waits for the server process to take the response (a few hundred µs
+    here). Sent from the engine thread, that wait came once per running sequence per step: 44 %
+    of the engine thread's time with 8 streams. One FIFO thread keeps each request's responses
+    in order, and its final flag last.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="engine-outbox", daemon=True)
+        self._thread.start()
+
+    def bind(self, sender) -> _QueuedSender:
+        return _QueuedSender(self._queue, sender)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            sender, response, flags = item
+            try:
+                sender.send(response, flags=flags)
+            except Exception as exc:  # e.g. the client is gone; the engine stops it on its poll
+                pb_utils.Logger.log_warn(f"sending a response failed: {exc}")
+
+
+class _QueuedSender:
+    """A response sender whose `send` only queues, for the outbox to send."""
+
+    __slots__ = ("_queue", "_sender")
+
+    def __init__(self, outbox: queue.SimpleQueue, sender) -> None:
+        self._queue, self._sender = outbox, sender
+
+    def send(self, response=None, flags: int = 0) -> None:
+        self._queue.put((self._sender, response, flags))
 
 
 class _Responder:
