@@ -236,15 +236,46 @@ def test_invalid_utf8_stop_word_is_an_error_not_a_hang(triton: TritonProcess) ->
         asyncio.run(asyncio.wait_for(infer_stream(triton.grpc_url, "tensorrt_llm_bls", inputs), 30))
 
 
-def test_cancelled_stream_frees_the_engine(triton: TritonProcess) -> None:
-    inputs = text_inputs(max_tokens=1500, stream=True, ignore_eos=True, temperature=0.0)
+def _decoded(triton: TritonProcess) -> float:
+    return metric_value(triton.metrics_url, "nv_moe_engine_steps_total", kind="decode_tokens")
+
+
+def _assert_engine_freed(triton: TritonProcess, decoded_before: float) -> None:
+    """The engine went idle after decoding some tokens, long before a 1,500-token request's end.
+
+    The gauges are published every 100 ms, so "active is 0" alone could be a reading from before
+    the request started; a decode counter past `decoded_before` dates the reading after it."""
     active = {"request_type": "active", "model": "tensorrt_llm"}
-    responses = asyncio.run(infer_stream(triton.grpc_url, "tensorrt_llm_bls", inputs, stop_after=3))
-    assert len(responses) == 3
     assert wait_for(
-        lambda: metric_value(triton.metrics_url, "nv_trt_llm_request_metrics", **active) == 0,
+        lambda: _decoded(triton) > decoded_before
+        and metric_value(triton.metrics_url, "nv_trt_llm_request_metrics", **active) == 0,
         timeout=1.5,
     )
+    assert _decoded(triton) - decoded_before < 500
+
+
+def test_cancelled_stream_frees_the_engine(triton: TritonProcess) -> None:
+    inputs = text_inputs(max_tokens=1500, stream=True, ignore_eos=True, temperature=0.0)
+    before = _decoded(triton)
+    responses = asyncio.run(infer_stream(triton.grpc_url, "tensorrt_llm_bls", inputs, stop_after=3))
+    assert len(responses) == 3
+    _assert_engine_freed(triton, before)
+
+
+def test_client_dropping_its_engine_stream_frees_the_engine(triton: TritonProcess) -> None:
+    """No `stop` here: the client of `tensorrt_llm` itself just goes away mid-stream, and the
+    model's cancel watcher (not the engine thread) notices and cancels the engine request."""
+    inputs = [
+        _tensor("input_ids", [1, 2, 3, 4], np.int32),
+        _tensor("input_lengths", [4], np.int32),
+        _tensor("request_output_len", [1500], np.int32),
+        _tensor("streaming", [True], np.bool_),
+        _tensor("ignore_eos", [True], np.bool_),
+    ]
+    before = _decoded(triton)
+    responses = asyncio.run(infer_stream(triton.grpc_url, "tensorrt_llm", inputs, stop_after=3))
+    assert len(responses) == 3
+    _assert_engine_freed(triton, before)
 
 
 def _raw_request(request_id: str, **inputs: Any) -> service_pb2.ModelInferRequest:
@@ -270,7 +301,7 @@ def test_stop_request_ends_the_request_with_its_id(triton: TritonProcess) -> Non
         "a", text_input=PROMPT, max_tokens=1500, stream=True, ignore_eos=True, temperature=0.0
     )
     stop = _raw_request("a", text_input="", max_tokens=1, stop=True)
-    active = {"request_type": "active", "model": "tensorrt_llm"}
+    before = _decoded(triton)
 
     async def run() -> list:
         async with grpc.aio.insecure_channel(triton.grpc_url) as channel:
@@ -291,10 +322,7 @@ def test_stop_request_ends_the_request_with_its_id(triton: TritonProcess) -> Non
 
     responses = asyncio.run(asyncio.wait_for(run(), 30))
     assert len(responses) < 100  # ended long before its 1,500 tokens
-    assert wait_for(
-        lambda: metric_value(triton.metrics_url, "nv_trt_llm_request_metrics", **active) == 0,
-        timeout=1.5,
-    )
+    _assert_engine_freed(triton, before)
 
 
 def test_concurrent_streams_share_decode_steps(triton: TritonProcess) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,9 @@ _DONE = object()
 _FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 # Ids of `stop` requests that found nothing in flight, remembered in case theirs comes later.
 _EARLY_STOPS = 1024
+# is_cancelled() is a round trip to the server process: ask at most this often per request, not
+# on every token. `stop` requests (the gateway's cancellation) act on the next token regardless.
+_CANCEL_POLL_S = 0.02
 
 
 async def _responses(iterator: Iterator) -> AsyncIterator:
@@ -126,13 +130,17 @@ class TritonPythonModel:
             sender.send(flags=final)
             return
         sender.engine_request_id = call.request_id
+        next_poll = time.monotonic() + _CANCEL_POLL_S
         async for response in _responses(await call.infer.async_exec(decoupled=True)):
             if reason:
                 continue  # drain what the engine sent before it saw our stop
             if response.has_error():
                 sender.send(pb_utils.InferenceResponse(error=response.error()), flags=final)
                 return
-            if sender.stopped or request.is_cancelled():
+            if not sender.stopped and time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + _CANCEL_POLL_S
+                sender.stopped = request.is_cancelled()
+            if sender.stopped:
                 reason = "cancelled"
                 await self._stop(call.request_id)
                 continue
