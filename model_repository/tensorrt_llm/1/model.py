@@ -2,8 +2,8 @@
 
 Only the Triton callbacks live here; the engine (`moe_engine`) does scheduling, KV cache and
 sampling, and `moe_engine.serving` maps tensors. The engine thread builds each response and an
-outbox thread sends it: a send is a round trip to the server process, and the engine should be
-computing the next step meanwhile, not waiting on one round trip per sequence per step.
+outbox thread sends it (and polls for cancelled clients): both are round trips to the server
+process, and the engine should be computing the next step meanwhile.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 import uuid
 
 import triton_python_backend_utils as pb_utils
@@ -40,10 +41,9 @@ class TritonPythonModel:
         # Triton request ids are the client's and need not be unique (the ensemble copies the
         # client's id to every step), so the engine gets its own; `stop` finds them by client id.
         self._ids = _IdMap()
-        self._outbox = _Outbox()
         # `stop` requests (what the BLS and the gateway send) act within a step; a client that
-        # just drops its stream is noticed by this watcher, every 20 ms by default.
-        self._watch = _CancelWatch(self.engine, float(params.get("cancel_poll_interval_s", "0.02")))
+        # just drops its stream is noticed by the outbox, every 20 ms by default.
+        self._outbox = _Outbox(self.engine, float(params.get("cancel_poll_interval_s", "0.02")))
         self.engine.start()
         self._metrics = _EngineMetrics(self.engine)
         self._metrics.start()
@@ -72,19 +72,17 @@ class TritonPythonModel:
                 raise InputError("only beam_width=1 and num_return_sequences=1 are supported")
             streaming = bool(scalar(inputs, "streaming", False))
             client_id, engine_id = request.request_id(), uuid.uuid4().hex
+            # From here on every response, the final one included, goes through the outbox.
+            sender = self._outbox.watch(engine_id, sender)
             responder = _Responder(
-                self._outbox.bind(sender),
-                streaming,
-                params.return_logprobs,
-                request.requested_output_names(),
+                sender, streaming, params.return_logprobs, request.requested_output_names()
             )
-            responder.on_finished = lambda: self._forget(client_id, engine_id)
+            responder.on_finished = lambda: self._ids.remove(client_id, engine_id)
             self._ids.add(client_id, engine_id)
-            self._watch.add(engine_id, sender)
             try:
                 self.engine.submit(engine_id, prompt, params, on_output=responder)
             except Exception:
-                self._forget(client_id, engine_id)
+                self._ids.remove(client_id, engine_id)
                 raise
         except Exception as exc:
             # Every request gets its final response, or its client waits forever; a bad
@@ -99,12 +97,7 @@ class TritonPythonModel:
                 flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
             )
 
-    def _forget(self, client_id: str, engine_id: str) -> None:
-        self._ids.remove(client_id, engine_id)
-        self._watch.remove(engine_id)
-
     def finalize(self) -> None:
-        self._watch.stop()
         self._metrics.stop()
         self.engine.shutdown()  # every unfinished request gets its final response queued
         self._outbox.close()
@@ -135,93 +128,88 @@ class _IdMap:
             return list(self._ids.get(client_id, ()))
 
 
-class _CancelWatch:
-    """Cancels the engine requests whose Triton request was cancelled (the client went away).
-
-    `is_cancelled()` is a round trip to the server process. Asked on the engine thread, once
-    per request every 20 ms, it took 8 % of that thread with 8 streams; this thread asks instead
-    and hands the answer to `Engine.cancel`, which acts at the next step.
-    """
-
-    def __init__(self, engine: Engine, interval_s: float) -> None:
-        self._engine = engine
-        self._interval_s = interval_s
-        self._lock = threading.Lock()
-        self._senders: dict[str, object] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="engine-cancel", daemon=True)
-        self._thread.start()
-
-    def add(self, engine_id: str, sender) -> None:
-        with self._lock:
-            self._senders[engine_id] = sender
-
-    def remove(self, engine_id: str) -> None:
-        with self._lock:
-            self._senders.pop(engine_id, None)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            with self._lock:
-                watched = list(self._senders.items())
-            for engine_id, sender in watched:
-                try:
-                    cancelled = sender.is_cancelled()
-                except Exception as exc:
-                    with self._lock:
-                        if engine_id not in self._senders:
-                            continue  # it finished while we asked
-                    pb_utils.Logger.log_warn(f"is_cancelled() failed, cancelling: {exc}")
-                    cancelled = True
-                if cancelled:
-                    self.remove(engine_id)
-                    self._engine.cancel(engine_id)
-
-
 class _Outbox:
-    """Sends responses on a thread of its own, in the order they were queued.
+    """Sends every response of the engine's requests and watches them for cancelled clients, on
+    one thread of its own.
 
-    A Python-backend send waits for the server process to take the response (a few hundred µs
-    here). Sent from the engine thread, that wait came once per running sequence per step: 44 %
-    of the engine thread's time with 8 streams. One FIFO thread keeps each request's responses
-    in order, and its final flag last.
+    Both are round trips to the server process. A send waits for the server to take the
+    response (a few hundred µs here): made on the engine thread, that wait came once per running
+    sequence per step, 44 % of the thread's time with 8 streams, and `is_cancelled()` polls took
+    another 8 %. Here the engine computes the next step meanwhile.
+
+    One thread also keeps the two apart. The server frees a request's response factory once its
+    final response is sent, and `is_cancelled()` on it after that crashes the server, so a request
+    stops being watched here, on this thread, just before its final response goes out.
     """
 
-    def __init__(self) -> None:
+    _WATCH = object()  # in place of a response: start watching this sender
+
+    def __init__(self, engine: Engine, poll_interval_s: float) -> None:
+        self._engine = engine
+        self._interval_s = poll_interval_s
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._watched: dict[str, object] = {}  # engine id -> sender; this thread only
         self._thread = threading.Thread(target=self._run, name="engine-outbox", daemon=True)
         self._thread.start()
 
-    def bind(self, sender) -> _QueuedSender:
-        return _QueuedSender(self._queue, sender)
+    def watch(self, engine_id: str, sender) -> _QueuedSender:
+        """Watch the request with this sender; send its responses with what this returns."""
+        self._queue.put((engine_id, sender, self._WATCH, 0))
+        return _QueuedSender(self._queue, engine_id, sender)
 
     def close(self, timeout: float = 5.0) -> None:
+        """Send what is queued, then stop."""
         self._queue.put(None)
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            sender, response, flags = item
+        next_poll = time.monotonic() + self._interval_s
+        while True:
             try:
-                sender.send(response, flags=flags)
-            except Exception as exc:  # e.g. the client is gone; the engine stops it on its poll
-                pb_utils.Logger.log_warn(f"sending a response failed: {exc}")
+                item = self._queue.get(timeout=max(0.0, next_poll - time.monotonic()))
+            except queue.Empty:
+                item = ()
+            if item is None:
+                return
+            if item:
+                self._handle(*item)
+            if time.monotonic() >= next_poll:
+                self._poll()
+                next_poll = time.monotonic() + self._interval_s
+
+    def _handle(self, engine_id: str, sender, response, flags: int) -> None:
+        if response is self._WATCH:
+            self._watched[engine_id] = sender
+            return
+        if flags & pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL:
+            self._watched.pop(engine_id, None)
+        try:
+            sender.send(response, flags=flags)
+        except Exception as exc:  # e.g. the client is gone; the next poll stops the request
+            pb_utils.Logger.log_warn(f"sending a response failed: {exc}")
+
+    def _poll(self) -> None:
+        for engine_id, sender in list(self._watched.items()):
+            try:
+                cancelled = sender.is_cancelled()
+            except Exception as exc:
+                pb_utils.Logger.log_warn(f"is_cancelled() failed, cancelling: {exc}")
+                cancelled = True
+            if cancelled:
+                del self._watched[engine_id]
+                self._engine.cancel(engine_id)  # its final response comes back through here
 
 
 class _QueuedSender:
     """A response sender whose `send` only queues, for the outbox to send."""
 
-    __slots__ = ("_queue", "_sender")
+    __slots__ = ("_engine_id", "_queue", "_sender")
 
-    def __init__(self, outbox: queue.SimpleQueue, sender) -> None:
-        self._queue, self._sender = outbox, sender
+    def __init__(self, outbox: queue.SimpleQueue, engine_id: str, sender) -> None:
+        self._queue, self._engine_id, self._sender = outbox, engine_id, sender
 
     def send(self, response=None, flags: int = 0) -> None:
-        self._queue.put((self._sender, response, flags))
+        self._queue.put((self._engine_id, self._sender, response, flags))
 
 
 class _Responder:
