@@ -247,8 +247,10 @@ def _assert_engine_freed(triton: TritonProcess, decoded_before: float) -> None:
     the request started; a decode counter past `decoded_before` dates the reading after it."""
     active = {"request_type": "active", "model": "tensorrt_llm"}
     assert wait_for(
-        lambda: _decoded(triton) > decoded_before
-        and metric_value(triton.metrics_url, "nv_trt_llm_request_metrics", **active) == 0,
+        lambda: (
+            _decoded(triton) > decoded_before
+            and metric_value(triton.metrics_url, "nv_trt_llm_request_metrics", **active) == 0
+        ),
         timeout=1.5,
     )
     assert _decoded(triton) - decoded_before < 500
