@@ -236,29 +236,51 @@ def test_invalid_utf8_stop_word_is_an_error_not_a_hang(triton: TritonProcess) ->
         asyncio.run(asyncio.wait_for(infer_stream(triton.grpc_url, "tensorrt_llm_bls", inputs), 30))
 
 
-def _decoded(triton: TritonProcess) -> float:
-    return metric_value(triton.metrics_url, "nv_moe_engine_steps_total", kind="decode_tokens")
+def _engine_counter(triton: TritonProcess, kind: str) -> float:
+    return metric_value(triton.metrics_url, "nv_moe_engine_steps_total", kind=kind)
 
 
-def _assert_engine_freed(triton: TritonProcess, decoded_before: float) -> None:
-    """The engine went idle after decoding some tokens, long before a 1,500-token request's end.
-
-    The gauges are published every 100 ms, so "active is 0" alone could be a reading from before
-    the request started; a decode counter past `decoded_before` dates the reading after it."""
+def _engine_readings(triton: TritonProcess) -> tuple[float, float, float]:
     active = {"request_type": "active", "model": "tensorrt_llm"}
-    assert wait_for(
-        lambda: (
-            _decoded(triton) > decoded_before
-            and metric_value(triton.metrics_url, "nv_trt_llm_request_metrics", **active) == 0
-        ),
-        timeout=1.5,
+    return (
+        metric_value(triton.metrics_url, "nv_trt_llm_request_metrics", **active),
+        _engine_counter(triton, "finished_requests"),
+        _engine_counter(triton, "decode_tokens"),
     )
-    assert _decoded(triton) - decoded_before < 500
+
+
+def _settled_engine(triton: TritonProcess) -> tuple[float, float]:
+    """Wait until the engine is idle and its published metrics have caught up with it; return
+    (finished requests, decoded tokens). Metrics are published every 100 ms, so a reading is
+    trusted once it stays the same for 250 ms."""
+    last: list[tuple[float, float, float]] = []
+
+    def settled() -> bool:
+        now = _engine_readings(triton)
+        same = bool(last) and now == last[-1] and now[0] == 0
+        last.append(now)
+        return same
+
+    assert wait_for(settled, timeout=10, interval=0.25)
+    return last[-1][1], last[-1][2]
+
+
+def _assert_engine_freed(triton: TritonProcess, before: tuple[float, float]) -> None:
+    """The request started after `_settled_engine` returned `before` has finished in the engine,
+    long before the 1,500 tokens it asked for."""
+    finished_before, decoded_before = before
+
+    def freed() -> bool:
+        active, finished, _ = _engine_readings(triton)
+        return finished > finished_before and active == 0
+
+    assert wait_for(freed, timeout=1.5)
+    assert _engine_counter(triton, "decode_tokens") - decoded_before < 500
 
 
 def test_cancelled_stream_frees_the_engine(triton: TritonProcess) -> None:
     inputs = text_inputs(max_tokens=1500, stream=True, ignore_eos=True, temperature=0.0)
-    before = _decoded(triton)
+    before = _settled_engine(triton)
     responses = asyncio.run(infer_stream(triton.grpc_url, "tensorrt_llm_bls", inputs, stop_after=3))
     assert len(responses) == 3
     _assert_engine_freed(triton, before)
@@ -274,7 +296,7 @@ def test_client_dropping_its_engine_stream_frees_the_engine(triton: TritonProces
         _tensor("streaming", [True], np.bool_),
         _tensor("ignore_eos", [True], np.bool_),
     ]
-    before = _decoded(triton)
+    before = _settled_engine(triton)
     responses = asyncio.run(infer_stream(triton.grpc_url, "tensorrt_llm", inputs, stop_after=3))
     assert len(responses) == 3
     _assert_engine_freed(triton, before)
@@ -303,7 +325,7 @@ def test_stop_request_ends_the_request_with_its_id(triton: TritonProcess) -> Non
         "a", text_input=PROMPT, max_tokens=1500, stream=True, ignore_eos=True, temperature=0.0
     )
     stop = _raw_request("a", text_input="", max_tokens=1, stop=True)
-    before = _decoded(triton)
+    before = _settled_engine(triton)
 
     async def run() -> list:
         async with grpc.aio.insecure_channel(triton.grpc_url) as channel:

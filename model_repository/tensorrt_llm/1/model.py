@@ -8,6 +8,7 @@ process, and the engine should be computing the next step meanwhile.
 
 from __future__ import annotations
 
+import itertools
 import json
 import queue
 import threading
@@ -143,12 +144,16 @@ class _Outbox:
     """
 
     _WATCH = object()  # in place of a response: start watching this sender
+    # Senders asked per poll: each ask is a round trip, and sends wait meanwhile. With more
+    # requests in flight than this, each is asked less often than every interval.
+    _POLL_BATCH = 32
 
     def __init__(self, engine: Engine, poll_interval_s: float) -> None:
         self._engine = engine
-        self._interval_s = poll_interval_s
+        self._interval_s = max(0.001, poll_interval_s)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._watched: dict[str, object] = {}  # engine id -> sender; this thread only
+        # engine id -> sender, in the order they are next asked; this thread only.
+        self._watched: dict[str, object] = {}
         self._thread = threading.Thread(target=self._run, name="engine-outbox", daemon=True)
         self._thread.start()
 
@@ -161,20 +166,28 @@ class _Outbox:
         """Send what is queued, then stop."""
         self._queue.put(None)
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            pb_utils.Logger.log_error(f"responses still unsent after {timeout} s of shutdown")
 
     def _run(self) -> None:
         next_poll = time.monotonic() + self._interval_s
         while True:
+            # Nothing watched: nothing to poll, so wait for the next item however long it takes.
+            wait = max(0.0, next_poll - time.monotonic()) if self._watched else None
             try:
-                item = self._queue.get(timeout=max(0.0, next_poll - time.monotonic()))
+                item = self._queue.get(timeout=wait)
             except queue.Empty:
                 item = ()
             if item is None:
                 return
-            if item:
-                self._handle(*item)
-            if time.monotonic() >= next_poll:
-                self._poll()
+            try:
+                if item:
+                    self._handle(*item)
+                if time.monotonic() >= next_poll:
+                    self._poll()
+            except Exception as exc:  # this thread must outlive any one request
+                pb_utils.Logger.log_error(f"engine outbox: {exc!r}")
+            if time.monotonic() >= next_poll or not self._watched:
                 next_poll = time.monotonic() + self._interval_s
 
     def _handle(self, engine_id: str, sender, response, flags: int) -> None:
@@ -189,15 +202,18 @@ class _Outbox:
             pb_utils.Logger.log_warn(f"sending a response failed: {exc}")
 
     def _poll(self) -> None:
-        for engine_id, sender in list(self._watched.items()):
+        """Ask the next few watched senders; asked ones go to the back of the line."""
+        for engine_id in list(itertools.islice(self._watched, self._POLL_BATCH)):
+            sender = self._watched.pop(engine_id)
             try:
                 cancelled = sender.is_cancelled()
             except Exception as exc:
                 pb_utils.Logger.log_warn(f"is_cancelled() failed, cancelling: {exc}")
                 cancelled = True
             if cancelled:
-                del self._watched[engine_id]
                 self._engine.cancel(engine_id)  # its final response comes back through here
+            else:
+                self._watched[engine_id] = sender
 
 
 class _QueuedSender:
@@ -227,6 +243,22 @@ class _Responder:
         self.on_finished = lambda: None
 
     def __call__(self, out: StepOutput) -> None:
+        try:
+            self._respond(out)
+        except Exception:
+            # The engine only logs a failure on a final output; the client still needs its
+            # final response, and the outbox must stop watching the request.
+            if out.finished:
+                error = pb_utils.TritonError(
+                    "could not build the final response", pb_utils.TritonError.INTERNAL
+                )
+                self.sender.send(
+                    pb_utils.InferenceResponse(error=error),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+                )
+            raise
+
+    def _respond(self, out: StepOutput) -> None:
         if out.finished:
             self.on_finished()
         step_lp = out.logprobs or []
