@@ -23,9 +23,6 @@ class EngineConfig:
     max_seq_len: int | None = None  # default: the model's max positions, capped at 2048
     dtype: str = "float32"
     num_threads: int | None = None  # None: leave torch's process-wide setting alone
-    # Minimum seconds between two `is_cancelled()` calls per request; 0 polls every step.
-    # Triton's `response_sender.is_cancelled` is an IPC round-trip to the server process.
-    cancel_poll_interval_s: float = 0.0
 
 
 @dataclass(frozen=True)

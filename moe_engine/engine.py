@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,12 +50,10 @@ class _Request:
     prompt: list[int]
     params: SamplingParams
     on_output: Callable[[StepOutput], None]
-    is_cancelled: Callable[[], bool] | None
     output: list[int] = field(default_factory=list)
     slot: int = -1
     length: int = 0  # positions filled in the KV cache
     finished: bool = False
-    next_poll: float = 0.0  # monotonic time before which is_cancelled() is not called again
 
 
 class Engine:
@@ -160,7 +157,6 @@ class Engine:
         prompt_ids: Sequence[int],
         params: SamplingParams,
         on_output: Callable[[StepOutput], None],
-        is_cancelled: Callable[[], bool] | None = None,
     ) -> None:
         """Queue a request; raise ValueError (and queue nothing) if it cannot be served.
 
@@ -180,7 +176,7 @@ class Engine:
                 f"prompt ({len(prompt)} tokens) + max_new_tokens ({params.max_new_tokens}) "
                 f"exceeds the engine's max_seq_len of {self.max_seq_len}"
             )
-        request = _Request(request_id, prompt, params, on_output, is_cancelled)
+        request = _Request(request_id, prompt, params, on_output)
         with self._cond:
             if self._stopping:
                 raise RuntimeError("engine is shut down")
@@ -269,7 +265,7 @@ class Engine:
 
     def _step(self, cancel_ids: set[str]) -> None:
         for request in [*self._running, *self._waiting]:
-            if request.id in cancel_ids or self._polled_cancel(request):
+            if request.id in cancel_ids:
                 self._finish(request, "cancelled")
         self._waiting = deque(r for r in self._waiting if not r.finished)
         self._compact()
@@ -282,21 +278,6 @@ class Engine:
         if self._running:
             self._decode()
             self._compact()
-
-    def _polled_cancel(self, request: _Request) -> bool:
-        if request.is_cancelled is None:
-            return False
-        interval = self.config.cancel_poll_interval_s
-        if interval > 0:
-            now = time.monotonic()
-            if now < request.next_poll:
-                return False
-            request.next_poll = now + interval
-        try:
-            return bool(request.is_cancelled())
-        except Exception:
-            logger.exception("is_cancelled() raised for request %s; cancelling it", request.id)
-            return True
 
     def _prefill(self, request: _Request) -> None:
         slot = len(self._running)

@@ -172,13 +172,19 @@ def unshared_gateway(
     stop_gateway(process)
 
 
-@pytest.fixture
-def long_generation(gateway: GatewayProcess, model_id: str) -> dict[str, Any]:
-    """Sampling settings that keep the engine busy for the whole context."""
+def context_length(gateway: GatewayProcess, model_id: str) -> int:
+    """The model's context length, as its model card reports it."""
     card = httpx.get(
         f"{gateway.base_url}/models/{model_id}", headers=gateway.headers, timeout=10
     ).json()
-    return {"max_tokens": card["max_model_len"] - 64, "ignore_eos": True, "temperature": 1.0}
+    return card["max_model_len"]
+
+
+@pytest.fixture
+def long_generation(gateway: GatewayProcess, model_id: str) -> dict[str, Any]:
+    """Sampling settings that keep the engine busy for the whole context."""
+    max_tokens = context_length(gateway, model_id) - 64
+    return {"max_tokens": max_tokens, "ignore_eos": True, "temperature": 1.0}
 
 
 @pytest.fixture(scope="session")

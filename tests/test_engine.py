@@ -200,28 +200,6 @@ def test_cancel_finishes_request_and_frees_slot_within_one_step(engine: Engine) 
     assert not engine.cancel("long")
 
 
-def test_is_cancelled_callback_cancels_request(engine: Engine) -> None:
-    engine.start()
-    collector = Collector()
-    engine.submit("polled", PROMPT, greedy(200), collector, lambda: len(collector.outputs) >= 4)
-    assert collector.wait().final.finish_reason == "cancelled"
-    assert len(collector.tokens) <= 5
-
-
-def test_cancel_poll_interval_limits_is_cancelled_calls(model_dir: Path) -> None:
-    config = EngineConfig(max_batch_size=2, max_seq_len=64, cancel_poll_interval_s=60)
-    engine = Engine.from_pretrained(model_dir, config)
-    polls = []
-    collector = Collector()
-    engine.start()
-    try:
-        engine.submit("r", PROMPT, greedy(20), collector, lambda: polls.append(1) or False)
-        assert collector.wait().final.finish_reason == "length"
-    finally:
-        engine.shutdown()
-    assert len(polls) == 1
-
-
 def test_request_submitted_mid_generation_joins_the_running_batch(engine: Engine) -> None:
     late_prompt = [9, 8, 7, 6]
     alone = run(engine, greedy(20), late_prompt).tokens

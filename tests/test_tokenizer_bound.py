@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from tokenizers.processors import TemplateProcessing
 
 from gateway.core.tokenizer import PromptTokenizer
-from tests.gateway_fixtures import GatewayProcess
+from tests.gateway_fixtures import GatewayProcess, context_length
 
 TEXTS = {
     "empty": "",
@@ -155,20 +154,13 @@ def test_completion_usage_counts_the_prompt_the_same_with_and_without_max_tokens
     assert bounded.prompt_tokens == counted.prompt_tokens > 5
 
 
-def _context_length(gateway: GatewayProcess, model_id: str) -> int:
-    card = httpx.get(
-        f"{gateway.base_url}/models/{model_id}", headers=gateway.headers, timeout=10
-    ).json()
-    return card["max_model_len"]
-
-
 def test_prompt_plus_max_tokens_over_the_context_is_still_context_length_exceeded(
     client: openai.OpenAI,
     gateway: GatewayProcess,
     model_id: str,
     tiny_tokenizer: PromptTokenizer,
 ) -> None:
-    context = _context_length(gateway, model_id)
+    context = context_length(gateway, model_id)
     prompt = " the" * (context * 3 // 4)  # fits alone: one token per word
     tokens = tiny_tokenizer.count(prompt, add_special_tokens=True)
     assert tokens < context
@@ -186,7 +178,7 @@ def test_prompt_whose_bound_exceeds_the_context_but_whose_count_fits_is_served(
     model_id: str,
     tiny_tokenizer: PromptTokenizer,
 ) -> None:
-    context = _context_length(gateway, model_id)
+    context = context_length(gateway, model_id)
     prompt = " the" * (context // 2)  # 4 bytes a token: the bound is 4 times the count
     tokens = tiny_tokenizer.count(prompt, add_special_tokens=True)
     bound = tiny_tokenizer.bound(prompt, add_special_tokens=True)

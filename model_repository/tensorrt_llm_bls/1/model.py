@@ -137,8 +137,9 @@ class TritonPythonModel:
             if response.has_error():
                 sender.send(pb_utils.InferenceResponse(error=response.error()), flags=final)
                 return
-            if not sender.stopped and time.monotonic() >= next_poll:
-                next_poll = time.monotonic() + _CANCEL_POLL_S
+            now = time.monotonic()
+            if not sender.stopped and now >= next_poll:
+                next_poll = now + _CANCEL_POLL_S
                 sender.stopped = request.is_cancelled()
             if sender.stopped:
                 reason = "cancelled"
