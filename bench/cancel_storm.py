@@ -125,7 +125,7 @@ async def storm_gateway(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Start an echo-only Triton (and the gateway), run the storm, stop them; 1 if Triton hung."""
-    from gateway import paths
+    from gateway.local import paths
 
     parser = argparse.ArgumentParser(prog="python -m bench.cancel_storm", description=__doc__)
     parser.add_argument("--rounds", type=int, default=100)

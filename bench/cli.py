@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the benchmark the parsed arguments describe; the exit status."""
-    from gateway import paths
+    from gateway.local import paths
 
     if args.report is not None:
         from bench.report import rewrite
@@ -97,7 +97,7 @@ def run(config: BenchConfig) -> dict[str, Path]:
 
     config.out_dir.mkdir(parents=True, exist_ok=True)
     if not config.model_dir.joinpath("config.json").is_file():
-        from build.tiny import build_tiny_model
+        from moe_build.tiny import build_tiny_model
 
         print(f"building the tiny MoE model into {config.model_dir} (first run only)")
         build_tiny_model(config.model_dir)

@@ -24,7 +24,7 @@ _PROMPT = "<|im_start|>user\nWhat does the json module do?<|im_end|>\n<|im_start
 
 
 async def _one(stub: object, number: int, tokens: int) -> int:
-    from gateway.generation import GenerationRequest, SamplingParams
+    from gateway.core.backend import GenerationRequest, SamplingParams
     from gateway.triton import adapter
 
     params = SamplingParams(max_tokens=tokens, ignore_eos=True, temperature=0.0)
@@ -57,9 +57,9 @@ async def tokens_per_second(url: str, streams: int, tokens: int) -> float:
 def measure(threads: int, streams: Sequence[int], rounds: int, tokens: int) -> dict[int, float]:
     """Mean tokens/s per stream count with `engine_num_threads=threads`."""
     from bench.stack import free_port
-    from gateway import paths
-    from gateway.launcher import TritonProcess
-    from gateway.repository import fill_repository
+    from gateway.local import paths
+    from gateway.local.repository import fill_repository
+    from gateway.local.triton import TritonProcess
 
     results: dict[int, list[float]] = {n: [] for n in streams}
     with tempfile.TemporaryDirectory(prefix="engine-threads-") as tmp:

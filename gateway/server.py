@@ -34,9 +34,9 @@ import uvloop
 from fastapi import FastAPI
 from uvicorn.supervisors import Multiprocess
 
-from gateway import keys
 from gateway.api.app import create_app
 from gateway.logs import configure_logging
+from gateway.policy import keys
 from gateway.settings import Settings
 
 log = logging.getLogger("localmoe.gateway")
@@ -114,8 +114,8 @@ def _settings_json(settings: Settings) -> str:
 def up(settings: Settings) -> int:
     """Build the tiny model if missing, start Triton on free ports, serve the gateway in front
     of it, print how to use it, and stop both on Ctrl-C/SIGTERM; the exit status."""
-    from gateway.launcher import TritonProcess, TritonStartError
-    from gateway.repository import ensure_default_repository
+    from gateway.local.repository import ensure_default_repository
+    from gateway.local.triton import TritonProcess, TritonStartError
 
     configure_logging(settings)
     try:

@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     # (0: one RPC per request for every route).
     triton_streams: int = Field(default=2, ge=0, le=64)
 
-    # Auth (gateway.keys turns these into the verifying key; see docs/auth-limits-cache.md).
+    # Auth (gateway.policy.keys turns these into the verifying key; see docs/auth-limits-cache.md).
     mode: Literal["dev", "production"] = "dev"
     auth: bool = True
     jwt_secret: SecretStr | None = None

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway import paths
-from gateway.launcher import TritonProcess
-from gateway.repository import fill_repository
+from gateway.local import paths
+from gateway.local.repository import fill_repository
+from gateway.local.triton import TritonProcess
 from tests.support import free_port
 
 pytest_plugins = ["tests.gateway_fixtures", "tests.redis_fixtures"]
@@ -20,7 +20,7 @@ def tiny_model_dir() -> Path:
     """The embedded default model, built once per machine (as `make run` would)."""
     model_dir = paths.default_model_dir()
     if not (model_dir / "config.json").is_file():
-        from build.tiny import build_tiny_model
+        from moe_build.tiny import build_tiny_model
 
         build_tiny_model(model_dir, progress=False)
     return model_dir

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from gateway.redis_server import RedisServer
+from gateway.local.redis import RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -15,11 +15,11 @@ import logging
 
 from fastapi import Request
 
-from gateway import limits
-from gateway.auth import Authenticator, AuthError, Principal
 from gateway.core.context import CallContext
 from gateway.errors import LimitsUnavailable, RateLimited, Unauthorized
-from gateway.limits import LimitDecision, LimitsConfig, RateLimiter
+from gateway.policy import ratelimit as limits
+from gateway.policy.auth import Authenticator, AuthError, Principal
+from gateway.policy.ratelimit import LimitDecision, LimitsConfig, RateLimiter
 from gateway.settings import Settings
 
 log = logging.getLogger("localmoe.limits")

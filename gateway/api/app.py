@@ -16,13 +16,13 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway import keys
-from gateway.api import errors, metrics, routes
+from gateway.api import error_responses, metrics, routes
 from gateway.api.access import Access
 from gateway.api.middleware import BodySizeLimit, RequestContext
-from gateway.cache import ResponseCache
-from gateway.core.engine import Engine
-from gateway.core.models import Catalogue, keep_discovering
+from gateway.core.catalogue import Catalogue, keep_discovering
+from gateway.core.service import Engine
+from gateway.policy import keys
+from gateway.policy.cache import ResponseCache
 from gateway.settings import Settings
 from gateway.triton.backend import TritonBackend
 from gateway.triton.client import TritonPool
@@ -109,7 +109,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.access = access
-    errors.install(app)
+    error_responses.install(app)
     app.router.routes[:0] = routes.generation
     app.include_router(routes.v1)
     app.include_router(routes.health)

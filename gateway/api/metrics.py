@@ -1,8 +1,8 @@
 """Prometheus metrics of the gateway process and the `/metrics` route that exposes them.
 
 Requests are counted by method, route template and status, with their duration (for a stream: up
-to its last byte); the rate-limit and cache counters of `gateway.limits` and `gateway.cache`
-share the same default registry. `metrics_auth` puts `/metrics` behind a bearer token. Under
+to its last byte); the rate-limit and cache counters of `gateway.policy` share the same default
+registry. `metrics_auth` puts `/metrics` behind a bearer token. Under
 `serve --workers N` the counters live in prometheus_client's multiprocess files and a scrape of
 any worker sums all of them.
 """

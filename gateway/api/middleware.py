@@ -14,7 +14,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api import metrics
-from gateway.api.errors import error_body
+from gateway.api.error_responses import error_body
 from gateway.errors import GatewayError, RequestTooLarge
 
 access_log = logging.getLogger("localmoe.access")

@@ -25,10 +25,10 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.api import sse
 from gateway.api.access import admit, authenticate, call_context
-from gateway.api.errors import error_response, invalid_body
-from gateway.core.engine import LLMEngine
+from gateway.api.error_responses import error_response, invalid_body
+from gateway.core.protocol import ChatCompletionRequest, CompletionRequest, HealthStatus, ModelList
+from gateway.core.service import LLMEngine
 from gateway.errors import GatewayError, ModelNotFound, UpstreamError, UpstreamUnavailable
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, HealthStatus, ModelList
 
 T = TypeVar("T")
 R = TypeVar("R", bound=BaseModel)

@@ -12,7 +12,7 @@ from contextlib import aclosing
 
 from pydantic import BaseModel
 
-from gateway.api.errors import error_body
+from gateway.api.error_responses import error_body
 from gateway.errors import GatewayError
 
 log = logging.getLogger("localmoe.gateway")

@@ -1,7 +1,7 @@
 """Validation: one stage, before any template or Triton work, that rejects a request with a 400
 naming the parameter and the reason; then the mapping of what passed to `SamplingParams`.
 
-Types were already enforced when the body was parsed (`gateway.protocol`); this checks values,
+Types were already enforced when the body was parsed (`gateway.core.protocol`); this checks values,
 combinations, and what this engine cannot do (rather than silently ignoring it).
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from typing import Any, NoReturn
 
+from gateway.core.backend import SamplingParams
+from gateway.core.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.errors import ContextLengthExceeded, InvalidRequest
-from gateway.generation import SamplingParams
-from gateway.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.settings import Settings
 
 _MAX_TOP_LOGPROBS = 20

@@ -14,8 +14,8 @@ from collections.abc import Set as AbstractSet
 
 from tritonclient.grpc import service_pb2
 
+from gateway.core.backend import Delta, GenerationRequest
 from gateway.errors import InvalidRequest
-from gateway.generation import Delta, GenerationRequest
 
 _UINT64 = 1 << 64
 

@@ -9,8 +9,8 @@ from functools import partial
 
 from tritonclient.utils import InferenceServerException
 
+from gateway.core.backend import Delta, GenerationRequest
 from gateway.errors import UpstreamUnavailable
-from gateway.generation import Delta, GenerationRequest
 from gateway.triton import adapter
 from gateway.triton.client import TritonPool
 from gateway.triton.discovery import RouteTensors, route_tensors

@@ -12,9 +12,9 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
-from gateway.auth import Principal
-from gateway.limits import LimitsConfig, LimitsUnavailable, RateLimiter, format_reset
-from gateway.redis_server import RedisServer
+from gateway.local.redis import RedisServer
+from gateway.policy.auth import Principal
+from gateway.policy.ratelimit import LimitsConfig, LimitsUnavailable, RateLimiter, format_reset
 
 ALICE = Principal(sub="alice")
 
@@ -317,7 +317,7 @@ async def test_redis_outage_is_logged_once(
     limiter = RateLimiter(config)
     own_redis.kill()
     try:
-        with caplog.at_level(logging.WARNING, logger="gateway.limits"):
+        with caplog.at_level(logging.WARNING, logger="gateway.policy.ratelimit"):
             for _ in range(5):
                 await limiter.check_request(ALICE)
     finally:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tritonclient.utils import InferenceServerException
 
-from gateway import protocol
+from gateway.core import protocol
 from gateway.core.chat_template import ChatTemplate, load_tokenizer_config
 from gateway.core.tokenizer import PromptTokenizer
 from gateway.errors import ModelNotFound, UpstreamUnavailable

@@ -6,8 +6,8 @@ import json
 from collections.abc import AsyncGenerator
 
 from gateway.api import sse
+from gateway.core.protocol import HealthStatus
 from gateway.errors import UpstreamUnavailable
-from gateway.protocol import HealthStatus
 
 
 async def _collect(rest: AsyncGenerator[HealthStatus, None]) -> list[bytes]:

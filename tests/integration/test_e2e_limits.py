@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.redis_server import RedisServer
+from gateway.local.redis import RedisServer
 from tests.gateway_fixtures import (
     GatewayProcess,
     auth,

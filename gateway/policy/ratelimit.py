@@ -75,7 +75,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from gateway.auth import Principal
+from gateway.policy.auth import Principal
 
 __all__ = [
     "LimitDecision",

@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from gateway.repository import fill_repository, fill_template
+from gateway.local.repository import fill_repository, fill_template
 
 ECHO_TEMPLATE = Path(__file__).resolve().parent / "model_repository" / "echo"
 

@@ -20,8 +20,8 @@ import httpx
 import openai
 import pytest
 
-from bench.repository import bench_repository
-from gateway.launcher import TritonProcess
+from bench.echo_repository import bench_repository
+from gateway.local.triton import TritonProcess
 from tests.gateway_fixtures import GatewayProcess, start_gateway, stop_gateway
 from tests.support import free_port, metric_value, wait_for
 

@@ -18,8 +18,8 @@ from tritonclient.utils import (
     serialize_byte_tensor,
 )
 
-from gateway.launcher import TritonProcess, TritonStartError
-from gateway.repository import fill_repository
+from gateway.local.repository import fill_repository
+from gateway.local.triton import TritonProcess, TritonStartError
 from tests.support import free_port, metric_value, wait_for
 
 MODELS = ["preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "tensorrt_llm_bls"]

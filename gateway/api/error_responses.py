@@ -17,8 +17,8 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from gateway.core.protocol import ErrorInfo, ErrorResponse
 from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound
-from gateway.protocol import ErrorInfo, ErrorResponse
 
 
 def error_body(exc: GatewayError) -> bytes:

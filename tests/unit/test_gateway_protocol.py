@@ -7,8 +7,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from gateway.api.errors import invalid_body
-from gateway.protocol import (
+from gateway.api.error_responses import invalid_body
+from gateway.core.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionStreamChoice,

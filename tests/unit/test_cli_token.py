@@ -8,8 +8,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.auth import AuthConfig, Authenticator, Principal, default_dev_secret_path
 from gateway.cli import main
+from gateway.policy.auth import AuthConfig, Authenticator, Principal, default_dev_secret_path
 
 SECRET = "cli-test-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 

@@ -8,10 +8,10 @@ from pathlib import Path
 from tqdm import tqdm
 from transformers import Qwen3MoeConfig
 
-from build.checkpoint import save_checkpoint
-from build.corpus import ENDOFTEXT, IM_END, build_corpus
-from build.tokenizer import save_tokenizer, train_tokenizer
-from build.train import MAX_POSITIONS, TrainSettings, tiny_config, token_stream, train
+from moe_build.checkpoint import save_checkpoint
+from moe_build.corpus import ENDOFTEXT, IM_END, build_corpus
+from moe_build.tokenizer import save_tokenizer, train_tokenizer
+from moe_build.train import MAX_POSITIONS, TrainSettings, tiny_config, token_stream, train
 
 # About 80 s of training on 2 idle CPU cores (0.44 s a step): the whole build stays under 2 min.
 DEFAULT_STEPS = 180

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from gateway.core import validation
+from gateway.core.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.errors import ContextLengthExceeded, InvalidRequest
-from gateway.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.settings import Settings
 
 SETTINGS = Settings(max_n=4)

@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway.auth import (
+from gateway.policy.auth import (
     AuthConfig,
     Authenticator,
     AuthError,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from build.corpus import ENDOFTEXT, IM_END, IM_START
+from moe_build.corpus import ENDOFTEXT, IM_END, IM_START
 
 # Ids 0, 1, 2 in this order; the rest of the stack reads them from the saved files.
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)

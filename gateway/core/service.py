@@ -19,19 +19,24 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway import protocol
-from gateway.cache import CachedChoice, CachedCompletion, ResponseCache, cache_key, is_cacheable
-from gateway.core import validation
+from gateway.core import protocol, validation
+from gateway.core.backend import Backend, Delta, GenerationRequest, SamplingParams
+from gateway.core.catalogue import Catalogue, ServedModel
 from gateway.core.context import CallContext, TokenMeter
-from gateway.core.models import Catalogue, ServedModel
-from gateway.errors import InvalidRequest, ModelNotFound, UpstreamError
-from gateway.generation import Backend, Delta, GenerationRequest, SamplingParams
-from gateway.protocol import (
+from gateway.core.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
+)
+from gateway.errors import InvalidRequest, ModelNotFound, UpstreamError
+from gateway.policy.cache import (
+    CachedChoice,
+    CachedCompletion,
+    ResponseCache,
+    cache_key,
+    is_cacheable,
 )
 from gateway.settings import Settings
 

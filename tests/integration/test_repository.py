@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.repository import TemplateError, ensure_default_repository, fill_template
+from gateway.local.repository import TemplateError, ensure_default_repository, fill_template
 
 
 def test_a_placeholder_without_value_is_an_error() -> None:

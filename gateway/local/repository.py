@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from gateway import paths
+from gateway.local import paths
 
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "tensorrt_llm_bls")
 
@@ -109,7 +109,7 @@ def ensure_default_repository(model_dir: Path | None = None, out_dir: Path | Non
     model_dir = model_dir or paths.default_model_dir()
     out_dir = out_dir or paths.default_repository_dir()
     if not (model_dir / "config.json").is_file():
-        from build.tiny import build_tiny_model
+        from moe_build.tiny import build_tiny_model
 
         print(f"building the tiny MoE model into {model_dir} (first run only)", flush=True)
         build_tiny_model(model_dir)

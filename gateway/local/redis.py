@@ -2,7 +2,7 @@
 
 Integration guide::
 
-    from gateway.redis_server import RedisServer
+    from gateway.local.redis import RedisServer
 
     with RedisServer() as server:          # free port on 127.0.0.1, no persistence
         url = server.url                   # "redis://127.0.0.1:PORT/0"

@@ -17,7 +17,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from gateway.auth import (
+from gateway.policy.auth import (
     HMAC_ALGORITHMS,
     AuthConfig,
     Authenticator,

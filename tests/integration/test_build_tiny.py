@@ -1,4 +1,4 @@
-"""`build.tiny`: the generated default model loads, tokenizes, templates and rebuilds exactly."""
+"""`moe_build.tiny`: the generated default model loads, tokenizes, templates and rebuilds."""
 
 from __future__ import annotations
 
@@ -12,16 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from moe_build.checkpoint import save_checkpoint
+from moe_build.tiny import build_tiny_model
+from moe_build.train import tiny_config
 from safetensors import safe_open
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from build.checkpoint import save_checkpoint
-from build.tiny import build_tiny_model
-from build.train import tiny_config
-
 STEPS = 5  # enough to exercise training; quality is not under test here
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +169,7 @@ def test_interrupted_build_leaves_no_model_directory(tmp_path: Path):
     out = tmp_path / "model"
     staging = tmp_path / "model.tmp"
     code = (
-        "from pathlib import Path; from build.tiny import build_tiny_model; "
+        "from pathlib import Path; from moe_build.tiny import build_tiny_model; "
         f"build_tiny_model(Path({str(out)!r}), steps=10**6, progress=False)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stderr=subprocess.PIPE)

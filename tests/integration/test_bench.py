@@ -18,7 +18,7 @@ import pytest
 from bench.profile import py_spy_binary, summarize_collapsed
 from bench.wrk import lua_script
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

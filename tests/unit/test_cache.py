@@ -10,14 +10,14 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
-from gateway.cache import (
+from gateway.local.redis import RedisServer
+from gateway.policy.cache import (
     CachedChoice,
     CachedCompletion,
     ResponseCache,
     cache_key,
     is_cacheable,
 )
-from gateway.redis_server import RedisServer
 
 CHAT = {
     "model": "tiny-moe",

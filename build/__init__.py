@@ -1,1 +1,0 @@
-"""Turning checkpoints into servable models; `build.tiny` generates the embedded default."""

@@ -1,0 +1,1 @@
+"""Turning checkpoints into servable models; `moe_build.tiny` generates the embedded default."""

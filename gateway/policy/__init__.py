@@ -1,0 +1,1 @@
+"""Policy: who may call (JWT auth and its keys), how often (rate limits), and the response cache."""
