@@ -169,7 +169,7 @@ class Harness:
                 "gateway-redis-a", redis_url=redis.url
             )
             self.extra_gateways["gateway-redis-b"] = self.stack.start_gateway(
-                "gateway-redis-b", redis_url=redis.url, settings={"cache_max_entries": 1}
+                "gateway-redis-b", redis_url=redis.url, settings={"cache": {"max_entries": 1}}
             )
         if "workers" in cfg.scenarios and self.features.workers_flag:
             for n in cfg.workers:

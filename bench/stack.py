@@ -154,8 +154,7 @@ class Stack:
             ],
             "discover_models": False,
             # Limits on, so their cost is measured, set where the benchmark never reaches them.
-            "rpm": _UNLIMITED,
-            "tpm": _UNLIMITED,
+            "ratelimit": {"rpm": _UNLIMITED, "tpm": _UNLIMITED},
             **self.extra_settings,
             **(extra or {}),
         }
@@ -184,7 +183,8 @@ class Stack:
         if workers > 1:
             command += ["--workers", str(workers)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALMOE_")}
-        env["LOCALMOE_JWT_SECRET"] = self.jwt_secret
+        env["LOCALMOE_AUTH__JWT_SECRET"] = self.jwt_secret
+        env["LOCALMOE_JWT_SECRET"] = self.jwt_secret  # the flat name of gateways before 0.2
         if redis_url:
             env["LOCALMOE_REDIS_URL"] = redis_url
         service = self._start_service(name, command, port, env)

@@ -106,8 +106,8 @@ def _serve_workers(settings: Settings, workers: int) -> int:
 
 def _settings_json(settings: Settings) -> str:
     data = settings.model_dump(mode="json")
-    if settings.jwt_secret is not None:  # dumped masked otherwise
-        data["jwt_secret"] = settings.jwt_secret.get_secret_value()
+    if settings.auth.jwt_secret is not None:  # dumped masked otherwise
+        data["auth"]["jwt_secret"] = settings.auth.jwt_secret.get_secret_value()
     return json.dumps(data)
 
 
@@ -135,7 +135,8 @@ def up(settings: Settings) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         try:
-            settings = settings.model_copy(update={"triton_urls": [triton.grpc_url]})
+            triton_settings = settings.triton.model_copy(update={"urls": [triton.grpc_url]})
+            settings = settings.model_copy(update={"triton": triton_settings})
             app = create_app(settings)
             server = uvicorn.Server(_config(app, settings))
 
@@ -209,7 +210,7 @@ def _free_port() -> int:
 
 def _api_key(settings: Settings) -> str:
     """What the printed snippet passes as `api_key`: a token that works, where we can sign one."""
-    if not settings.auth:
+    if not settings.auth.enabled:
         return "not-needed"
     keys.authenticator(settings)  # fail before Triton starts on an unusable configuration
     try:
@@ -225,7 +226,7 @@ def _banner(
     base_url = f"http://{host}:{settings.port}/v1"
     model = models[0] if models else "MODEL"
     note = ""
-    if settings.auth:
+    if settings.auth.enabled:
         note = (
             f"Auth: {keys.describe_key(settings)}.\n"
             "The token below is valid for 7 days; mint others with `localmoe token --sub NAME`.\n"

@@ -1,6 +1,8 @@
 """The gateway's one settings object: defaults < YAML file < `LOCALMOE_*` environment < arguments.
 
-Built once at start-up (`load_settings`) and passed down; nothing else reads the environment.
+Built once at start-up (`load_settings`) and passed down: each component takes its own section
+(`settings.auth`, `settings.ratelimit`, …). Nested keys are `section.key` in YAML and
+`LOCALMOE_SECTION__KEY` in the environment. Nothing else reads the environment.
 """
 
 from __future__ import annotations
@@ -22,14 +24,29 @@ from pydantic_settings import (
 DEFAULT_ROUTE = "tensorrt_llm_bls"
 
 
-class ModelSettings(BaseModel):
+def _split(value: Any) -> Any:
+    # `a:8001,b:8001` as well as a JSON list, for environment variables.
+    if isinstance(value, str):
+        if value.lstrip().startswith("["):
+            return json.loads(value)
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def _empty_is_unset(value: Any) -> Any:
+    return value or None
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(_Section):
     """One served model. Unset fields are discovered from the Triton model configs.
 
     `route` is the Triton model the gateway calls (`tensorrt_llm_bls` or `ensemble`); `id` is the
     OpenAI model id; `tokenizer_dir` holds `tokenizer.json` and `tokenizer_config.json`.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     id: str | None = None
     route: str = DEFAULT_ROUTE
@@ -39,76 +56,128 @@ class ModelSettings(BaseModel):
     """False keeps this model's answers out of the response cache."""
 
 
-class Settings(BaseSettings):
-    """Everything the gateway can be told. Field `x` is env `LOCALMOE_X` and YAML key `x`."""
+class TritonSettings(_Section):
+    """The Triton upstreams and how the gateway talks to them."""
 
-    model_config = SettingsConfigDict(env_prefix="LOCALMOE_", extra="forbid")
-
-    config_file: Path | None = None
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
-    triton_urls: Annotated[list[str], NoDecode] = Field(
+    urls: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["127.0.0.1:8001"], min_length=1
     )
-    models: list[ModelSettings] = Field(default_factory=list)
-    discover_models: bool = True
+    """Triton gRPC endpoints (`host:port`); requests go round robin."""
+    timeout_s: float | None = Field(default=None, gt=0)
+    """Per-request limit on Triton; then 504 `upstream_timeout` and the request is stopped."""
+    health_interval_s: float = Field(default=2.0, gt=0)
+    """Active health checks of each upstream, and model discovery."""
+    streams: int = Field(default=2, ge=0, le=64)
+    """Long-lived gRPC streams per upstream shared by routes that take `stop` (0: one RPC per
+    request)."""
+
+    _split_urls = field_validator("urls", mode="before")(_split)
+
+
+class RequestSettings(_Section):
+    """Bounds on what one request may ask for: each refusal is a 400 (or 413) naming the field."""
 
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
+    """Larger bodies get 413 before they are parsed."""
     max_n: int = Field(default=16, ge=1)
     max_stop: int = Field(default=4, ge=0)
-    max_tokens_limit: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    """Cap on `max_tokens` / `max_completion_tokens` (default: the context length)."""
     max_messages: int | None = Field(default=1024, ge=1)
-    upstream_timeout_s: float | None = Field(default=None, gt=0)
-    health_interval_s: float = Field(default=2.0, gt=0)
-    # Long-lived gRPC streams per upstream that routes with TensorRT-LLM's `stop` input share
-    # (0: one RPC per request for every route).
-    triton_streams: int = Field(default=2, ge=0, le=64)
+    max_prompts: int = Field(default=64, ge=1)
+    """Prompts in one `/v1/completions` request."""
+    max_generations: int = Field(default=64, ge=1)
+    """Prompts × `n`: the generations one request may start."""
+    max_tools: int = Field(default=128, ge=0)
+    """Entries of `tools` (OpenAI's own limit is 128)."""
 
-    # Auth (gateway.policy.keys turns these into the verifying key; see docs/auth-limits-cache.md).
-    mode: Literal["dev", "production"] = "dev"
-    auth: bool = True
+
+class AuthSettings(_Section):
+    """JWT bearer authentication (docs/auth-limits-cache.md). Configure at most one key."""
+
+    enabled: bool = True
     jwt_secret: SecretStr | None = None
+    """HS256 secret (production: at least 32 characters)."""
     jwt_public_key_file: Path | None = None
+    """PEM public key (RS256/ES256/EdDSA); a private key PEM here also lets `localmoe token`
+    sign."""
     jwks_file: Path | None = None
     jwks_url: str | None = None
-    jwt_issuer: str | None = None
-    jwt_audience: str | None = None
-    jwt_algorithms: Annotated[list[str] | None, NoDecode] = None
-    jwt_dev_secret_file: Path | None = None
-    metrics_auth: bool = False
+    issuer: str | None = None
+    audience: str | None = None
+    algorithms: Annotated[list[str] | None, NoDecode] = None
+    """Accepted `alg` values (default: every algorithm that fits the key)."""
+    dev_secret_file: Path | None = None
+    """Where dev mode keeps its generated secret (default `~/.config/localmoe/jwt-secret`)."""
+    leeway_s: float = Field(default=30.0, ge=0)
+    """Clock skew allowed on `exp` and `nbf`."""
+    token_cache_size: int = Field(default=10_000, ge=0)
+    token_cache_s: float = Field(default=60.0, ge=0)
+    """How long a verified token is trusted without re-verification (bounded by its `exp`)."""
+    jwks_refresh_s: float = Field(default=300.0, gt=0)
+    jwks_timeout_s: float = Field(default=5.0, gt=0)
+    metrics: bool = False
+    """Put `/metrics` behind a bearer token too."""
 
-    # Rate limits (per token subject; tenant_* per tenant) and their shared storage.
+    _split_algorithms = field_validator("algorithms", mode="before")(_split)
+    _unset_url = field_validator("jwks_url", mode="before")(_empty_is_unset)
+
+
+class RateLimitSettings(_Section):
+    """Default limits (token claims override them per subject); None is unlimited."""
+
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
     tenant_rpm: int | None = Field(default=None, ge=1)
     tenant_tpm: int | None = Field(default=None, ge=1)
-    ratelimit_window_s: float = Field(default=60.0, gt=0)
-    ratelimit_fail_open: bool = True
+    window_s: float = Field(default=60.0, gt=0)
+    fail_open: bool = True
+    """With Redis unreachable: per-process limits (true) or 503 (false)."""
+    redis_timeout_s: float = Field(default=0.5, gt=0)
+    redis_retry_s: float = Field(default=1.0, gt=0)
+    """After a Redis error, how long per-process limits decide before Redis is tried again."""
+
+
+class CacheSettings(_Section):
+    """The exact-match response cache for deterministic requests."""
+
+    enabled: bool = True
+    max_entries: int = Field(default=10_000, ge=1)
+    """Entries of the in-process tier (in front of Redis when `redis_url` is set)."""
+    ttl_s: float = Field(default=600.0, gt=0)
+    redis_timeout_s: float = Field(default=0.25, gt=0)
+    redis_retry_s: float = Field(default=5.0, gt=0)
+    """After a Redis error, how long the cache runs in process only."""
+
+
+class Settings(BaseSettings):
+    """Everything the gateway can be told. See docs/configuration.md for the full table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LOCALMOE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    config_file: Path | None = None
+    mode: Literal["dev", "production"] = "dev"
+    """`production` refuses to start without a configured JWT key."""
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
     redis_url: str | None = None
-
-    # Response cache: in process, and in Redis when `redis_url` is set.
-    cache_enabled: bool = True
-    cache_max_entries: int = Field(default=10_000, ge=1)
-    cache_ttl_s: float = Field(default=600.0, gt=0)
-
+    """Shared rate-limit state and response cache across replicas (unset: in process)."""
+    models: list[ModelSettings] = Field(default_factory=list)
+    discover_models: bool = True
+    """Read the served models from Triton's repository index and `tensorrt_llm_bls` parameters."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
     access_log: bool = True
 
-    @field_validator("triton_urls", "jwt_algorithms", mode="before")
-    @classmethod
-    def _split_lists(cls, value: Any) -> Any:
-        # `LOCALMOE_TRITON_URLS=host-a:8001,host-b:8001` as well as a JSON list.
-        if isinstance(value, str):
-            if value.lstrip().startswith("["):
-                return json.loads(value)
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value
+    triton: TritonSettings = Field(default_factory=TritonSettings)
+    requests: RequestSettings = Field(default_factory=RequestSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
 
-    @field_validator("redis_url", "jwks_url", mode="before")
-    @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
-        return value or None
+    _unset_redis = field_validator("redis_url", mode="before")(_empty_is_unset)
 
     @classmethod
     def settings_customise_sources(
@@ -126,11 +195,19 @@ class Settings(BaseSettings):
         return init_settings, env_settings, YamlConfigSettingsSource(settings_cls, config_file)
 
 
-def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings; `overrides` (command-line values) win over everything, None is unset."""
+def load_settings(
+    config_file: Path | None = None,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    triton_urls: list[str] | None = None,
+) -> Settings:
+    """Build the settings; the command-line values given here win over everything."""
     if config_file is not None and not Path(config_file).is_file():
         raise FileNotFoundError(f"config file not found: {config_file}")
-    given = {k: v for k, v in overrides.items() if v is not None}
+    given: dict[str, Any] = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if triton_urls:
+        given["triton"] = {"urls": triton_urls}
     if config_file is not None:
         given["config_file"] = Path(config_file)
     return Settings(**given)

@@ -1,9 +1,9 @@
 """Pytest plugin: the real gateway (`python -m gateway.cli serve`, uvicorn on a free port) as a
 subprocess in front of the session's real Triton, plus OpenAI clients pointed at it.
 
-Gateways run with auth on: HS256 with `TEST_SECRET` (`LOCALMOE_JWT_SECRET`), issuer and audience
-checked. `GatewayProcess.token` is a valid token for the subject `tests`; `mint_test_token()`
-signs others.
+Gateways run with auth on: HS256 with `TEST_SECRET` (`LOCALMOE_AUTH__JWT_SECRET`), issuer and
+audience checked. `GatewayProcess.token` is a valid token for the subject `tests`;
+`mint_test_token()` signs others.
 
 Enable with `pytest_plugins = ["tests.gateway_fixtures"]` in `tests/conftest.py`.
 """
@@ -110,10 +110,10 @@ def start_gateway(
     command += args or []
     log_path = workdir / "gateway.log"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("LOCALMOE_")}
-    environ["LOCALMOE_HEALTH_INTERVAL_S"] = "0.5"
-    environ["LOCALMOE_JWT_SECRET"] = TEST_SECRET
-    environ["LOCALMOE_JWT_ISSUER"] = TEST_ISSUER
-    environ["LOCALMOE_JWT_AUDIENCE"] = TEST_AUDIENCE
+    environ["LOCALMOE_TRITON__HEALTH_INTERVAL_S"] = "0.5"
+    environ["LOCALMOE_AUTH__JWT_SECRET"] = TEST_SECRET
+    environ["LOCALMOE_AUTH__ISSUER"] = TEST_ISSUER
+    environ["LOCALMOE_AUTH__AUDIENCE"] = TEST_AUDIENCE
     environ.update(env or {})
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -151,7 +151,7 @@ def gateway(triton: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
         tmp_path_factory.mktemp("gateway"),
         triton_urls=[triton.grpc_url],
         # No response cache here: these tests are about what the engine generates each time.
-        config={"max_body_bytes": MAX_BODY_BYTES, "cache_enabled": False},
+        config={"requests": {"max_body_bytes": MAX_BODY_BYTES}, "cache": {"enabled": False}},
     )
     yield process
     stop_gateway(process)
@@ -165,8 +165,8 @@ def unshared_gateway(
     process = start_gateway(
         tmp_path_factory.mktemp("unshared-gateway"),
         triton_urls=[triton.grpc_url],
-        config={"max_body_bytes": MAX_BODY_BYTES, "cache_enabled": False},
-        env={"LOCALMOE_TRITON_STREAMS": "0"},
+        config={"requests": {"max_body_bytes": MAX_BODY_BYTES}, "cache": {"enabled": False}},
+        env={"LOCALMOE_TRITON__STREAMS": "0"},
     )
     yield process
     stop_gateway(process)

@@ -38,13 +38,13 @@ class Access:
     def __init__(self, settings: Settings, authenticator: Authenticator | None):
         self.authenticator = authenticator
         self.limits = LimitsConfig(
-            rpm=settings.rpm,
-            tpm=settings.tpm,
-            tenant_rpm=settings.tenant_rpm,
-            tenant_tpm=settings.tenant_tpm,
-            window_seconds=settings.ratelimit_window_s,
+            rpm=settings.ratelimit.rpm,
+            tpm=settings.ratelimit.tpm,
+            tenant_rpm=settings.ratelimit.tenant_rpm,
+            tenant_tpm=settings.ratelimit.tenant_tpm,
+            window_seconds=settings.ratelimit.window_s,
             redis_url=settings.redis_url,
-            fail_open=settings.ratelimit_fail_open,
+            fail_open=settings.ratelimit.fail_open,
         )
         self.limiter: RateLimiter | None = None
 

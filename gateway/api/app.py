@@ -64,16 +64,16 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = TritonPool(
-            settings.triton_urls,
-            health_interval_s=settings.health_interval_s,
-            stream_timeout_s=settings.upstream_timeout_s,
-            shared_streams=settings.triton_streams,
+            settings.triton.urls,
+            health_interval_s=settings.triton.health_interval_s,
+            stream_timeout_s=settings.triton.timeout_s,
+            shared_streams=settings.triton.streams,
         )
         await pool.start()
         catalogue = Catalogue(settings)
         await catalogue.load_configured()
         discovery = asyncio.create_task(
-            keep_discovering(catalogue, pool, settings.health_interval_s), name="discovery"
+            keep_discovering(catalogue, pool, settings.triton.health_interval_s), name="discovery"
         )
         if pool.ready():
             # With Triton up, learn the models before accepting connections: otherwise a second
@@ -81,10 +81,10 @@ def create_app(settings: Settings) -> FastAPI:
             await asyncio.wait({discovery}, timeout=_STARTUP_DISCOVERY_S)
         access.open()
         cache = None
-        if settings.cache_enabled:
+        if settings.cache.enabled:
             cache = ResponseCache(
-                max_entries=settings.cache_max_entries,
-                ttl_seconds=settings.cache_ttl_s,
+                max_entries=settings.cache.max_entries,
+                ttl_seconds=settings.cache.ttl_s,
                 redis_url=settings.redis_url,
             )
         app.state.engine = Engine(settings, catalogue, TritonBackend(pool), cache=cache)
@@ -115,10 +115,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes.health)
     app.include_router(metrics.router)
     # Added last = outermost.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.requests.max_body_bytes)
     app.add_middleware(RequestContext, access_log_enabled=settings.access_log)
     app.generation = RequestContext(
-        BodySizeLimit(routes.generation_app, max_bytes=settings.max_body_bytes),
+        BodySizeLimit(routes.generation_app, max_bytes=settings.requests.max_body_bytes),
         access_log_enabled=settings.access_log,
     )
     return app

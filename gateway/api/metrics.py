@@ -45,7 +45,7 @@ router = APIRouter()
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition of this process's metrics."""
-    if request.app.state.settings.metrics_auth:
+    if request.app.state.settings.auth.metrics:
         request.app.state.access.principal(request.headers.get("authorization"))
     return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)
 

@@ -375,7 +375,7 @@ class Engine:
             ctx,
             special_tokens=False,
             param="messages",
-            cap=self._settings.max_tokens_limit,
+            cap=self._settings.requests.max_tokens,
         )
         return _Job(
             model=model,
@@ -401,7 +401,7 @@ class Engine:
             ctx,
             special_tokens=True,
             param="prompt",
-            cap=self._settings.max_tokens_limit,
+            cap=self._settings.requests.max_tokens,
         )
         return _Job(
             model=model,

@@ -25,9 +25,10 @@ def check_chat(request: ChatCompletionRequest, settings: Settings) -> None:
     """Reject a chat request whose values this gateway cannot honour."""
     if not request.messages:
         raise InvalidRequest("'messages' must contain at least one message.", param="messages")
-    if settings.max_messages is not None and len(request.messages) > settings.max_messages:
+    limit = settings.requests.max_messages
+    if limit is not None and len(request.messages) > limit:
         raise InvalidRequest(
-            f"'messages' may hold at most {settings.max_messages} messages on this server, "
+            f"'messages' may hold at most {limit} messages on this server, "
             f"got {len(request.messages)}.",
             param="messages",
         )
@@ -175,13 +176,13 @@ def _check_common(request: Request, settings: Settings) -> None:
     if request.top_p is not None and not 0.0 < request.top_p <= 1.0:
         raise InvalidRequest(f"'top_p' must be in (0, 1], got {request.top_p}.", param="top_p")
     if request.n is not None:
-        _between("n", request.n, 1, settings.max_n)
-    if settings.max_tokens_limit is not None:
+        _between("n", request.n, 1, settings.requests.max_n)
+    if settings.requests.max_tokens is not None:
         for name in ("max_tokens", "max_completion_tokens"):
             value = getattr(request, name, None)
-            if value is not None and value > settings.max_tokens_limit:
+            if value is not None and value > settings.requests.max_tokens:
                 raise InvalidRequest(
-                    f"'{name}' may be at most {settings.max_tokens_limit} on this server, "
+                    f"'{name}' may be at most {settings.requests.max_tokens} on this server, "
                     f"got {value}.",
                     param=name,
                 )
@@ -206,7 +207,7 @@ def _check_common(request: Request, settings: Settings) -> None:
                 f"'min_tokens' ({request.min_tokens}) must not exceed 'max_tokens' ({budget}).",
                 param="min_tokens",
             )
-    _check_stop(request.stop, settings.max_stop)
+    _check_stop(request.stop, settings.requests.max_stop)
     if request.logit_bias:
         _unsupported("logit_bias", "logit bias")
     if request.stream_options is not None and not request.stream:

@@ -2,7 +2,7 @@
 
 At most one of `jwt_secret` (HS256), `jwt_public_key_file` (PEM public key, certificate or
 private key), `jwks_file` and `jwks_url` is configured. With none of them, `dev` mode uses the
-development secret kept in `jwt_dev_secret_file` (default `$XDG_CONFIG_HOME/localmoe/jwt-secret`,
+development secret kept in `auth.dev_secret_file` (default `$XDG_CONFIG_HOME/localmoe/jwt-secret`,
 created on first use, mode 0600); `production` mode refuses to start.
 
 `localmoe token` and `localmoe up` sign with the same key: the HS secret, or the private key when
@@ -47,20 +47,20 @@ class KeyConfigError(ValueError):
 
 def auth_config(settings: Settings) -> AuthConfig | None:
     """How the gateway verifies tokens; None when `auth` is off. Raises `KeyConfigError`."""
-    if not settings.auth:
+    if not settings.auth.enabled:
         return None
     _check_one_key(settings)
     secret = _hs_secret(settings)
-    algorithms = tuple(settings.jwt_algorithms) if settings.jwt_algorithms else None
+    algorithms = tuple(settings.auth.algorithms) if settings.auth.algorithms else None
     try:
         return AuthConfig(
             hs256_secret=secret,
-            public_key_file=settings.jwt_public_key_file if secret is None else None,
-            jwks_file=settings.jwks_file,
-            jwks_url=settings.jwks_url,
+            public_key_file=settings.auth.jwt_public_key_file if secret is None else None,
+            jwks_file=settings.auth.jwks_file,
+            jwks_url=settings.auth.jwks_url,
             algorithms=algorithms,
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
+            issuer=settings.auth.issuer,
+            audience=settings.auth.audience,
         )
     except ValueError as exc:
         raise KeyConfigError(str(exc)) from None
@@ -79,12 +79,12 @@ def authenticator(settings: Settings) -> Authenticator | None:
 
 def describe_key(settings: Settings) -> str:
     """One line for the logs: where the verifying key comes from."""
-    if not settings.auth:
+    if not settings.auth.enabled:
         return "auth is off: every request is served without a token"
-    if settings.jwt_secret is not None:
-        return "HS256 secret from jwt_secret (LOCALMOE_JWT_SECRET)"
+    if settings.auth.jwt_secret is not None:
+        return "HS256 secret from auth.jwt_secret (LOCALMOE_AUTH__JWT_SECRET)"
     for name in ("jwt_public_key_file", "jwks_file", "jwks_url"):
-        value = getattr(settings, name)
+        value = getattr(settings.auth, name)
         if value is not None:
             return f"{name} {value}"
     return f"development secret in {_dev_secret_path(settings)}"
@@ -93,11 +93,11 @@ def describe_key(settings: Settings) -> str:
 def signing_key(settings: Settings) -> tuple[Any, str]:
     """The key and algorithm that sign tokens this gateway accepts. Raises `KeyConfigError`."""
     _check_one_key(settings)
-    allowed = settings.jwt_algorithms
+    allowed = settings.auth.algorithms
     secret = _hs_secret(settings)
     if secret is not None:
         return secret, _pick(HMAC_ALGORITHMS, allowed, default="HS256")
-    path = settings.jwt_public_key_file
+    path = settings.auth.jwt_public_key_file
     if path is not None and b"PRIVATE KEY" in Path(path).read_bytes():
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
         return key, _pick(_algorithms_for_key(key.public_key()), allowed)
@@ -129,37 +129,37 @@ def mint(
         tpm=tpm,
         ttl_seconds=ttl_seconds,
         algorithm=algorithm,
-        issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience,
+        issuer=settings.auth.issuer,
+        audience=settings.auth.audience,
     )
 
 
 def _check_one_key(settings: Settings) -> None:
-    given = [name for name in _KEY_SETTINGS if getattr(settings, name) is not None]
+    given = [name for name in _KEY_SETTINGS if getattr(settings.auth, name) is not None]
     if len(given) > 1:
         raise KeyConfigError(f"configure one JWT key, not several: {', '.join(given)}")
     if not given and settings.mode == "production":
         raise KeyConfigError(
-            "production mode needs a configured JWT key: set LOCALMOE_JWT_SECRET, "
-            "LOCALMOE_JWT_PUBLIC_KEY_FILE, LOCALMOE_JWKS_FILE or LOCALMOE_JWKS_URL "
-            "(or the same keys in the config file)"
+            "production mode needs a configured JWT key: set LOCALMOE_AUTH__JWT_SECRET, "
+            "LOCALMOE_AUTH__JWT_PUBLIC_KEY_FILE, LOCALMOE_AUTH__JWKS_FILE or "
+            "LOCALMOE_AUTH__JWKS_URL (or auth.* in the config file)"
         )
 
 
 def _hs_secret(settings: Settings) -> str | None:
     """The HS secret: configured, or the development one when no key is configured."""
-    if settings.jwt_secret is not None:
-        secret = settings.jwt_secret.get_secret_value()
+    if settings.auth.jwt_secret is not None:
+        secret = settings.auth.jwt_secret.get_secret_value()
         if not secret:
             raise KeyConfigError("jwt_secret is empty")
         return secret
-    if any(getattr(settings, name) is not None for name in _KEY_SETTINGS):
+    if any(getattr(settings.auth, name) is not None for name in _KEY_SETTINGS):
         return None
     return load_or_create_dev_secret(_dev_secret_path(settings))
 
 
 def _dev_secret_path(settings: Settings) -> Path:
-    return settings.jwt_dev_secret_file or default_dev_secret_path()
+    return settings.auth.dev_secret_file or default_dev_secret_path()
 
 
 def _pick(fitting: frozenset[str], allowed: list[str] | None, default: str | None = None) -> str:

@@ -45,7 +45,7 @@ def _start(workdir: Path, triton: Any, redis: RedisServer, **env: str) -> Gatewa
     return start_gateway(
         workdir,
         triton_urls=[triton.grpc_url],
-        config={"cache_enabled": False},
+        config={"cache": {"enabled": False}},
         env={"LOCALMOE_REDIS_URL": redis.url, **env},
     )
 
@@ -69,7 +69,7 @@ def closed_gw(
         tmp_path_factory.mktemp("limits-closed"),
         triton,
         limits_redis,
-        LOCALMOE_RATELIMIT_FAIL_OPEN="false",
+        LOCALMOE_RATELIMIT__FAIL_OPEN="false",
     )
     yield process
     stop_gateway(process)

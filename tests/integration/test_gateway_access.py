@@ -24,14 +24,16 @@ from tests.support import free_port
 SECRET = "unit-test-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 
 
-def _settings(**fields: Any) -> Settings:
-    fields.setdefault("jwt_secret", SECRET)
-    return Settings(triton_urls=[f"127.0.0.1:{free_port()}"], access_log=False, **fields)
+def _settings(mode: str = "dev", **auth: Any) -> Settings:
+    auth.setdefault("jwt_secret", SECRET)
+    return Settings(
+        triton={"urls": [f"127.0.0.1:{free_port()}"]}, access_log=False, mode=mode, auth=auth
+    )
 
 
 @contextmanager
-def _client(**fields: Any) -> Iterator[TestClient]:
-    with TestClient(create_app(_settings(**fields))) as client:
+def _client(mode: str = "dev", **auth: Any) -> Iterator[TestClient]:
+    with TestClient(create_app(_settings(mode, **auth))) as client:
         yield client
 
 
@@ -43,7 +45,7 @@ def test_metrics_need_no_token_by_default() -> None:
 
 
 def test_metrics_need_a_token_when_metrics_auth_is_set() -> None:
-    with _client(metrics_auth=True) as client:
+    with _client(metrics=True) as client:
         refused = client.get("/metrics")
         allowed = client.get("/metrics", headers=auth(mint_token(SECRET, sub="prometheus")))
     assert refused.status_code == 401 and "www-authenticate" in refused.headers
@@ -64,14 +66,14 @@ def test_health_needs_no_token() -> None:
 
 
 def test_auth_off_serves_without_a_token() -> None:
-    with _client(auth=False, jwt_secret=None) as client:
+    with _client(enabled=False, jwt_secret=None) as client:
         response = client.get("/v1/models")
     assert response.status_code == 200 and response.json()["object"] == "list"
 
 
 def test_dev_mode_without_a_key_accepts_tokens_of_the_dev_secret(tmp_path: Path) -> None:
     secret_file = tmp_path / "jwt-secret"
-    with _client(jwt_secret=None, jwt_dev_secret_file=secret_file) as client:
+    with _client(jwt_secret=None, dev_secret_file=secret_file) as client:
         token = mint_token(load_or_create_dev_secret(secret_file), sub="dev")
         response = client.get("/v1/models", headers=auth(token))
     assert response.status_code == 200
@@ -106,4 +108,4 @@ def test_serve_in_production_without_a_key_exits_with_the_reason() -> None:
     )
     assert run.returncode == 2
     assert "production mode needs a configured JWT key" in run.stderr
-    assert "LOCALMOE_JWT_SECRET" in run.stderr
+    assert "LOCALMOE_AUTH__JWT_SECRET" in run.stderr

@@ -299,7 +299,7 @@ def impatient_gateway(
     process = start_gateway(
         tmp_path_factory.mktemp("impatient-gateway"),
         triton_urls=[triton.grpc_url],
-        config={"cache_enabled": False, "upstream_timeout_s": 1.0},
+        config={"cache": {"enabled": False}, "triton": {"timeout_s": 1.0}},
     )
     yield process
     stop_gateway(process)

@@ -33,7 +33,7 @@ def workers_gateway(
     process = start_gateway(
         tmp_path_factory.mktemp("workers"),
         triton_urls=[triton.grpc_url],
-        config={"cache_enabled": False},
+        config={"cache": {"enabled": False}},
         env={"LOCALMOE_REDIS_URL": redis_server.url},
         args=["--workers", "2"],
     )

@@ -37,7 +37,7 @@ def _verify(token: str, **config: object) -> Principal:
 def test_token_carries_the_requested_claims(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("LOCALMOE_JWT_SECRET", SECRET)
+    monkeypatch.setenv("LOCALMOE_AUTH__JWT_SECRET", SECRET)
     token = _token(
         capsys,
         "--sub",
@@ -59,7 +59,7 @@ def test_token_carries_the_requested_claims(
 def test_ttl_sets_the_expiry(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("LOCALMOE_JWT_SECRET", SECRET)
+    monkeypatch.setenv("LOCALMOE_AUTH__JWT_SECRET", SECRET)
     claims = _verify(_token(capsys, "--sub", "a", "--ttl", "1h30m"), hs256_secret=SECRET).claims
     assert claims["exp"] - claims["iat"] == 5400
 
@@ -67,9 +67,9 @@ def test_ttl_sets_the_expiry(
 def test_token_carries_the_configured_issuer_and_audience(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("LOCALMOE_JWT_SECRET", SECRET)
-    monkeypatch.setenv("LOCALMOE_JWT_ISSUER", "me")
-    monkeypatch.setenv("LOCALMOE_JWT_AUDIENCE", "gw")
+    monkeypatch.setenv("LOCALMOE_AUTH__JWT_SECRET", SECRET)
+    monkeypatch.setenv("LOCALMOE_AUTH__ISSUER", "me")
+    monkeypatch.setenv("LOCALMOE_AUTH__AUDIENCE", "gw")
     token = _token(capsys, "--sub", "a")
     assert _verify(token, hs256_secret=SECRET, issuer="me", audience="gw").sub == "a"
 
@@ -92,7 +92,7 @@ def test_private_key_in_jwt_public_key_file_signs_es256(
         serialization.NoEncryption(),
     )
     (tmp_path / "key.pem").write_bytes(pem)
-    monkeypatch.setenv("LOCALMOE_JWT_PUBLIC_KEY_FILE", str(tmp_path / "key.pem"))
+    monkeypatch.setenv("LOCALMOE_AUTH__JWT_PUBLIC_KEY_FILE", str(tmp_path / "key.pem"))
     token = _token(capsys, "--sub", "svc")
     assert _verify(token, public_key_file=tmp_path / "key.pem", algorithms=("ES256",)).sub == "svc"
 
@@ -105,7 +105,7 @@ def test_public_key_alone_cannot_sign(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     (tmp_path / "pub.pem").write_bytes(pem)
-    monkeypatch.setenv("LOCALMOE_JWT_PUBLIC_KEY_FILE", str(tmp_path / "pub.pem"))
+    monkeypatch.setenv("LOCALMOE_AUTH__JWT_PUBLIC_KEY_FILE", str(tmp_path / "pub.pem"))
     assert main(["token", "--sub", "x"]) == 2
     assert "identity provider" in capsys.readouterr().err
 

@@ -37,7 +37,7 @@ def test_command_line_overrides_everything(tmp_path: Path, monkeypatch: pytest.M
 
 def test_repeated_triton_urls_are_kept_in_order() -> None:
     settings = load_settings(triton_urls=["a:1", "b:2"])
-    assert settings.triton_urls == ["a:1", "b:2"]
+    assert settings.triton.urls == ["a:1", "b:2"]
 
 
 def test_unknown_yaml_key_is_an_error(tmp_path: Path) -> None:
@@ -53,22 +53,26 @@ def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
 def test_triton_urls_from_the_environment_may_be_comma_separated(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("LOCALMOE_TRITON_URLS", "a:1,b:2")
-    assert load_settings().triton_urls == ["a:1", "b:2"]
+    monkeypatch.setenv("LOCALMOE_TRITON__URLS", "a:1,b:2")
+    assert load_settings().triton.urls == ["a:1", "b:2"]
 
 
 def test_auth_limits_and_cache_defaults() -> None:
     settings = load_settings()
-    assert (settings.auth, settings.mode, settings.metrics_auth) == (True, "dev", False)
-    assert (settings.rpm, settings.tpm, settings.redis_url) == (None, None, None)
-    assert settings.ratelimit_fail_open and settings.cache_enabled
+    assert (settings.auth.enabled, settings.mode, settings.auth.metrics) == (True, "dev", False)
+    assert (settings.ratelimit.rpm, settings.ratelimit.tpm, settings.redis_url) == (
+        None,
+        None,
+        None,
+    )
+    assert settings.ratelimit.fail_open and settings.cache.enabled
 
 
 def test_jwt_algorithms_from_the_environment_may_be_comma_separated(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("LOCALMOE_JWT_ALGORITHMS", "RS256, ES256")
-    assert load_settings().jwt_algorithms == ["RS256", "ES256"]
+    monkeypatch.setenv("LOCALMOE_AUTH__ALGORITHMS", "RS256, ES256")
+    assert load_settings().auth.algorithms == ["RS256", "ES256"]
 
 
 def test_empty_redis_url_means_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,13 +81,27 @@ def test_empty_redis_url_means_in_memory(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_jwt_secret_is_not_shown_in_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LOCALMOE_JWT_SECRET", "s3cret-value")
+    monkeypatch.setenv("LOCALMOE_AUTH__JWT_SECRET", "s3cret-value")
     settings = load_settings()
     assert "s3cret-value" not in repr(settings)
-    assert settings.jwt_secret is not None
-    assert settings.jwt_secret.get_secret_value() == "s3cret-value"
+    assert settings.auth.jwt_secret is not None
+    assert settings.auth.jwt_secret.get_secret_value() == "s3cret-value"
 
 
 def test_models_may_opt_out_of_the_cache(tmp_path: Path) -> None:
     settings = load_settings(_config(tmp_path, "models:\n  - id: m\n    cache: false\n"))
     assert settings.models[0].cache is False
+
+
+def test_nested_sections_come_from_yaml_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOCALMOE_RATELIMIT__RPM", "7")
+    path = _config(tmp_path, "ratelimit:\n  tpm: 9\n  rpm: 1\nauth:\n  leeway_s: 5\n")
+    settings = load_settings(path)
+    assert (settings.ratelimit.rpm, settings.ratelimit.tpm, settings.auth.leeway_s) == (7, 9, 5)
+
+
+def test_unknown_nested_key_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError):
+        load_settings(_config(tmp_path, "cache:\n  ttl: 5\n"))

@@ -12,7 +12,7 @@ from gateway.core.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.errors import ContextLengthExceeded, InvalidRequest
 from gateway.settings import Settings
 
-SETTINGS = Settings(max_n=4)
+SETTINGS = Settings(requests={"max_n": 4})
 
 
 def chat(**fields: Any) -> ChatCompletionRequest:
@@ -126,14 +126,14 @@ def test_content_parts_are_joined_for_the_template() -> None:
 def test_more_messages_than_max_messages_is_400() -> None:
     request = chat(messages=[{"role": "user", "content": "hi"}] * 3)
     with pytest.raises(InvalidRequest) as exc:
-        validation.check_chat(request, Settings(max_messages=2))
+        validation.check_chat(request, Settings(requests={"max_messages": 2}))
     assert exc.value.param == "messages" and "at most 2" in exc.value.message
 
 
 @pytest.mark.parametrize("name", ["max_tokens", "max_completion_tokens"])
 def test_max_tokens_over_max_tokens_limit_is_400(name: str) -> None:
     with pytest.raises(InvalidRequest) as exc:
-        validation.check_chat(chat(**{name: 65}), Settings(max_tokens_limit=64))
+        validation.check_chat(chat(**{name: 65}), Settings(requests={"max_tokens": 64}))
     assert exc.value.param == name
 
 
