@@ -1,4 +1,4 @@
-"""`localmoe bench` / `python -m bench`: run the benchmarks of issue 5 against real processes.
+"""`python -m bench`: run the benchmarks of issue 5 against real processes, from a checkout.
 
     python -m bench                      # every scenario, concurrency 1/16/64 (~5 minutes)
     python -m bench --quick              # seconds: the end-to-end check the tests run
@@ -22,19 +22,6 @@ from typing import Any
 from bench.harness import SCENARIOS, BenchConfig
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the `bench` command to a parent CLI's subparsers (what `localmoe bench` uses)."""
-    parser = subparsers.add_parser(
-        "bench",
-        help="benchmark the gateway against direct Triton and the LiteLLM proxy",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _arguments(parser)
-    parser.set_defaults(func=run_from_args)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         "--model-repository",
         type=Path,
         default=None,
-        help="default: fill the CPU repository for the tiny model",
+        help="default: the CPU repository filled for the tiny model (as is a template folder)",
     )
     triton.add_argument("--host", default="127.0.0.1")
     triton.add_argument("--http-port", type=int, default=8000)
@@ -138,10 +138,24 @@ def _cmd_build_repository(args: argparse.Namespace) -> int:
 
 
 def _cmd_triton(args: argparse.Namespace) -> int:
-    from gateway.local.repository import ensure_default_repository
+    from gateway.local.repository import TemplateError, ensure_default_repository, holds_templates
     from gateway.local.triton import TritonProcess, TritonStartError
 
-    repository = args.model_repository or ensure_default_repository()
+    repository = args.model_repository
+    try:
+        if repository is None:
+            repository = ensure_default_repository()
+        elif holds_templates(repository):
+            # Triton cannot parse `${…}`; the only thing such a folder can mean is "serve these".
+            repository = ensure_default_repository(templates=repository)
+            print(
+                f"{args.model_repository} holds templates: serving them filled for the tiny "
+                f"model from {repository} (`localmoe build repository` fills them for others)",
+                flush=True,
+            )
+    except TemplateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     server = TritonProcess(
         repository,
         host=args.host,

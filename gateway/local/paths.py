@@ -1,12 +1,20 @@
-"""Where LocalMoE keeps generated artefacts on this machine."""
+"""Where LocalMoE keeps generated artefacts on this machine, and where its templates ship."""
 
 from __future__ import annotations
 
 import os
+from importlib.resources import files
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES_DIR = REPO_ROOT / "model_repository"
+
+def templates_dir() -> Path:
+    """The Triton model-repository templates (`config.pbtxt` + `1/model.py` per model).
+
+    They ship inside the package, so the same lookup works from a wheel and from a checkout,
+    where `gateway/local/model_repository` is a symlink to the top-level `model_repository/`.
+    A real folder, not a zip member: filled repositories link to its `model.py` files.
+    """
+    return Path(str(files("gateway.local") / "model_repository"))
 
 
 def home() -> Path:

@@ -76,9 +76,13 @@ def fill_repository(
     model_dir: Path,
     profile: str = "cpu",
     overrides: Mapping[str, str] | None = None,
-    templates: Path = paths.TEMPLATES_DIR,
+    templates: Path | None = None,
 ) -> Path:
-    """Write a servable model repository for `profile` into `out_dir` (replacing it)."""
+    """Write a servable model repository for `profile` into `out_dir` (replacing it).
+
+    `templates` defaults to the templates shipped in the package (`paths.templates_dir()`).
+    """
+    templates = (templates or paths.templates_dir()).resolve()
     if not (model_dir / "config.json").is_file():
         raise TemplateError(f"{model_dir} is not a Hugging Face checkpoint (no config.json)")
     values = profile_values(profile, model_dir, overrides)
@@ -87,6 +91,8 @@ def fill_repository(
     for model in MODELS:
         src = templates / model
         config = src / "config.pbtxt"
+        if not config.is_file():
+            raise TemplateError(f"{templates} is not a template folder: no {model}/config.pbtxt")
         dest = staging / model
         (dest / "1").mkdir(parents=True)
         dest.joinpath("config.pbtxt").write_text(
@@ -99,31 +105,47 @@ def fill_repository(
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
     (out_dir / ".localmoe.json").write_text(
-        json.dumps({"profile": profile, "values": values}, indent=2, sort_keys=True)
+        json.dumps(_marker(profile, values, templates), indent=2, sort_keys=True)
     )
     return out_dir
 
 
-def ensure_default_repository(model_dir: Path | None = None, out_dir: Path | None = None) -> Path:
+def ensure_default_repository(
+    model_dir: Path | None = None, out_dir: Path | None = None, *, templates: Path | None = None
+) -> Path:
     """The default CPU repository for the tiny model, building the model first if missing."""
     model_dir = model_dir or paths.default_model_dir()
     out_dir = out_dir or paths.default_repository_dir()
+    templates = (templates or paths.templates_dir()).resolve()
     if not (model_dir / "config.json").is_file():
         from moe_build.tiny import build_tiny_model
 
         print(f"building the tiny MoE model into {model_dir} (first run only)", flush=True)
         build_tiny_model(model_dir)
-    if _filled_with(out_dir, "cpu", profile_values("cpu", model_dir)):
+    if _filled_with(out_dir, _marker("cpu", profile_values("cpu", model_dir), templates)):
         # Refilling replaces the folder: don't pull it from under a Triton already serving it.
         return out_dir
-    return fill_repository(out_dir, model_dir=model_dir, profile="cpu")
+    return fill_repository(out_dir, model_dir=model_dir, profile="cpu", templates=templates)
 
 
-def _filled_with(out_dir: Path, profile: str, values: Mapping[str, str]) -> bool:
-    marker = out_dir / ".localmoe.json"
-    if not marker.is_file() or not all((out_dir / m / "config.pbtxt").is_file() for m in MODELS):
+def holds_templates(repository: Path) -> bool:
+    """Whether `repository` is a template folder (`${…}` placeholders in a `config.pbtxt`),
+    which Triton cannot serve before it is filled."""
+    return any(
+        _PLACEHOLDER.search(config.read_text(errors="replace"))
+        for config in Path(repository).glob("*/config.pbtxt")
+    )
+
+
+def _marker(profile: str, values: Mapping[str, str], templates: Path) -> dict[str, object]:
+    return {"profile": profile, "values": dict(values), "templates": str(templates)}
+
+
+def _filled_with(out_dir: Path, marker: Mapping[str, object]) -> bool:
+    path = out_dir / ".localmoe.json"
+    if not path.is_file() or not all((out_dir / m / "config.pbtxt").is_file() for m in MODELS):
         return False
-    return json.loads(marker.read_text()) == {"profile": profile, "values": dict(values)}
+    return json.loads(path.read_text()) == marker
 
 
 def _uses_native_backend(model: str, values: Mapping[str, str]) -> bool:

@@ -1,17 +1,47 @@
-"""Filling the model-repository templates."""
+"""Filling the model-repository templates, and serving the template folder itself."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from gateway.local.repository import TemplateError, ensure_default_repository, fill_template
+from gateway.local import paths
+from gateway.local.repository import (
+    TemplateError,
+    ensure_default_repository,
+    fill_repository,
+    fill_template,
+    holds_templates,
+)
+from tests.support import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_placeholder_without_value_is_an_error() -> None:
     with pytest.raises(TemplateError, match="engine_dtype"):
         fill_template('dtype: "${engine_dtype}"', {}, source="config.pbtxt")
+
+
+def test_the_packaged_templates_are_the_checkouts_model_repository() -> None:
+    assert paths.templates_dir().resolve() == REPO_ROOT / "model_repository"
+
+
+def test_the_template_folder_is_told_apart_from_a_filled_repository(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    filled = fill_repository(tmp_path / "cpu", model_dir=tiny_model_dir)
+    assert holds_templates(REPO_ROOT / "model_repository")
+    assert not holds_templates(filled)
+    assert "${" not in (filled / "tensorrt_llm" / "config.pbtxt").read_text()
 
 
 def test_an_up_to_date_repository_is_not_rewritten(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -31,3 +61,81 @@ def test_a_repository_filled_with_other_values_is_refilled(
     before = (out / "tensorrt_llm" / "config.pbtxt").stat().st_ino
     ensure_default_repository(tiny_model_dir, tmp_path / "cpu")
     assert (out / "tensorrt_llm" / "config.pbtxt").stat().st_ino != before
+
+
+def test_a_repository_filled_from_other_templates_is_refilled(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    out = ensure_default_repository(tiny_model_dir, tmp_path / "cpu")
+    before = (out / "tensorrt_llm" / "config.pbtxt").stat().st_ino
+    copy = tmp_path.resolve() / "my_templates"
+    subprocess.run(["cp", "-r", str(REPO_ROOT / "model_repository"), str(copy)], check=True)
+    ensure_default_repository(tiny_model_dir, tmp_path / "cpu", templates=copy)
+    assert (out / "tensorrt_llm" / "config.pbtxt").stat().st_ino != before
+    assert (out / "tensorrt_llm" / "1" / "model.py").resolve().is_relative_to(copy)
+
+
+def test_triton_serves_the_template_folder_filled_for_the_tiny_model(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "tiny-moe").symlink_to(tiny_model_dir)
+    http_port = free_port()
+    command = [
+        sys.executable, "-m", "gateway.cli", "triton", "--model-repository", "model_repository",
+        "--http-port", str(http_port), "--grpc-port", str(free_port()),
+        "--metrics-port", str(free_port()),
+    ]  # fmt: skip
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        triton = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env={**os.environ, "LOCALMOE_HOME": str(home)},
+            stdout=stdout,
+            stderr=stderr,
+        )
+    try:
+        _wait_ready(triton, f"http://127.0.0.1:{http_port}", err)
+        first_line = out.read_text().splitlines()[0]
+        assert first_line.startswith("model_repository holds templates: serving them filled for ")
+        assert str(home / "repository" / "cpu") in first_line
+        assert _answers(f"http://127.0.0.1:{http_port}/v2/models/tensorrt_llm_bls/ready")
+        triton.send_signal(signal.SIGTERM)
+        assert triton.wait(timeout=60) == 0
+    finally:
+        if triton.poll() is None:
+            triton.kill()
+            triton.wait()
+    assert _processes_mentioning(home) == []
+
+
+def _wait_ready(process: subprocess.Popen, url: str, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not _answers(f"{url}/v2/health/ready"):
+        assert process.poll() is None, log.read_text()[-4000:]
+        assert time.monotonic() < deadline, log.read_text()[-4000:]
+        time.sleep(0.2)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _processes_mentioning(path: Path) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in cmdline:
+            found.append(f"{proc.name}: {cmdline[:200]}")
+    return found
