@@ -1,16 +1,23 @@
-# The two commands of the README, plus the steps they are made of.
+# The two commands of the README, the quicker test tiers for the inner loop, and their steps.
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
+PYTEST := $(BIN)/python -m pytest
 
-.PHONY: run test install lint model clean
+.PHONY: help run test test-fast test-quick install lint model clean
 
 run: install  ## start Triton (CPU) + the gateway on the embedded defaults
 	$(BIN)/localmoe up
 
-test: install  ## the whole test suite against real Triton, gateway and Redis
+test: install  ## ruff, then every test: real Triton, gateway and Redis (what CI runs)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -ra
+	$(PYTEST) -ra
+
+test-fast: install  ## the unit tier only: nothing started, about 15 s
+	$(PYTEST) -q tests/unit
+
+test-quick: install  ## everything not marked slow (no wheel build, benchmark or model training)
+	$(PYTEST) -q -ra -m "not slow"
 
 install: $(VENV)/.installed
 
@@ -19,15 +26,18 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU build of 2.13.0 is what the CPU profile uses.
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[cpu,dev,fallback,bench]"
+	$(BIN)/python -m pip install --quiet -e ".[cpu,dev,bench]"
 	touch $@
 
 model: install  ## build the tiny MoE checkpoint (localmoe up does this when missing)
 	$(BIN)/localmoe build tiny
 
-lint: install
+lint: install  ## ruff check and ruff format --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-clean:
+clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+help:  ## list these targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'

@@ -1,4 +1,4 @@
-"""The benchmark harness (`python -m bench`, `localmoe bench`) end to end on its quick setting,
+"""The benchmark harness (`python -m bench`) end to end on its quick setting,
 against the real processes: Triton, the gateway, and the LiteLLM proxy and wrk where installed.
 
 These check that the harness runs and reports plausible numbers, not that the goals are met.
@@ -19,6 +19,9 @@ from bench.profile import py_spy_binary, summarize_collapsed
 from bench.wrk import lua_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Minutes on 2 cores: the whole stack, started twice (`make test-quick` leaves it out).
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

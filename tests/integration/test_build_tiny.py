@@ -22,6 +22,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 STEPS = 5  # enough to exercise training; quality is not under test here
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+# Every test but one trains a tiny model (the module's, and rebuilds); that one needs torch and
+# transformers all the same. `make test-quick` leaves the module out.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
