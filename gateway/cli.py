@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -165,17 +166,26 @@ def _cmd_triton(args: argparse.Namespace) -> int:
         log_verbose=args.log_verbose,
         log_to_console=True,
     )
+    # SIGTERM while Triton loads stops it like Ctrl-C would; `wait()` then forwards it instead.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.start()
+        print(
+            f"triton ready: grpc {server.grpc_url}  http {server.http_url}  "
+            f"metrics {server.metrics_url}",
+            flush=True,
+        )
+        return server.wait()
     except TritonStartError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(
-        f"triton ready: grpc {server.grpc_url}  http {server.http_url}  "
-        f"metrics {server.metrics_url}",
-        flush=True,
-    )
-    return server.wait()
+    except KeyboardInterrupt:
+        server.stop()
+        return 130
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

@@ -9,6 +9,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -78,18 +81,56 @@ def test_a_repository_filled_from_other_templates_is_refilled(
 def test_triton_serves_the_template_folder_filled_for_the_tiny_model(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
+    with _localmoe_triton("model_repository", tiny_model_dir, tmp_path) as triton:
+        _wait_for_line(triton, "triton ready:")
+        assert _answers(f"{triton.url}/v2/health/ready")
+        first_line = triton.out.read_text().splitlines()[0]
+        assert first_line.startswith("model_repository holds templates: serving them filled for ")
+        assert str(triton.home / "repository" / "cpu") in first_line
+        assert _answers(f"{triton.url}/v2/models/tensorrt_llm_bls/ready")
+        triton.process.send_signal(signal.SIGTERM)
+        assert triton.process.wait(timeout=60) == 0
+    assert _processes_mentioning(triton.home) == []
+
+
+def test_sigterm_while_triton_loads_stops_it(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with _localmoe_triton("model_repository", tiny_model_dir, tmp_path) as triton:
+        deadline = time.monotonic() + 60
+        while not [p for p in _processes_mentioning(triton.home) if "tritonserver" in p]:
+            assert triton.process.poll() is None, triton.err.read_text()[-4000:]
+            assert time.monotonic() < deadline, "tritonserver never started"
+            time.sleep(0.05)
+        assert not _answers(f"{triton.url}/v2/health/ready"), "loaded too fast to test"
+        triton.process.send_signal(signal.SIGTERM)
+        assert triton.process.wait(timeout=60) == 130
+    assert _processes_mentioning(triton.home) == []
+
+
+@dataclass
+class _Triton:
+    process: subprocess.Popen
+    url: str
+    home: Path
+    out: Path
+    err: Path
+
+
+@contextmanager
+def _localmoe_triton(repository: str, model_dir: Path, tmp_path: Path) -> Iterator[_Triton]:
+    """`localmoe triton --model-repository REPOSITORY` from the checkout, with a LOCALMOE_HOME of
+    its own that holds the tiny model; killed on the way out if the test left it running."""
     home = tmp_path / "home"
     (home / "models").mkdir(parents=True)
-    (home / "models" / "tiny-moe").symlink_to(tiny_model_dir)
+    (home / "models" / "tiny-moe").symlink_to(model_dir)
     http_port = free_port()
     command = [
-        sys.executable, "-m", "gateway.cli", "triton", "--model-repository", "model_repository",
+        sys.executable, "-m", "gateway.cli", "triton", "--model-repository", repository,
         "--http-port", str(http_port), "--grpc-port", str(free_port()),
         "--metrics-port", str(free_port()),
     ]  # fmt: skip
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     with out.open("w") as stdout, err.open("w") as stderr:
-        triton = subprocess.Popen(
+        process = subprocess.Popen(
             command,
             cwd=REPO_ROOT,
             env={**os.environ, "LOCALMOE_HOME": str(home)},
@@ -97,25 +138,18 @@ def test_triton_serves_the_template_folder_filled_for_the_tiny_model(
             stderr=stderr,
         )
     try:
-        _wait_ready(triton, f"http://127.0.0.1:{http_port}", err)
-        first_line = out.read_text().splitlines()[0]
-        assert first_line.startswith("model_repository holds templates: serving them filled for ")
-        assert str(home / "repository" / "cpu") in first_line
-        assert _answers(f"http://127.0.0.1:{http_port}/v2/models/tensorrt_llm_bls/ready")
-        triton.send_signal(signal.SIGTERM)
-        assert triton.wait(timeout=60) == 0
+        yield _Triton(process, f"http://127.0.0.1:{http_port}", home, out, err)
     finally:
-        if triton.poll() is None:
-            triton.kill()
-            triton.wait()
-    assert _processes_mentioning(home) == []
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
-def _wait_ready(process: subprocess.Popen, url: str, log: Path, timeout: float = 180) -> None:
+def _wait_for_line(triton: _Triton, text: str, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
-    while not _answers(f"{url}/v2/health/ready"):
-        assert process.poll() is None, log.read_text()[-4000:]
-        assert time.monotonic() < deadline, log.read_text()[-4000:]
+    while text not in triton.out.read_text():
+        assert triton.process.poll() is None, triton.err.read_text()[-4000:]
+        assert time.monotonic() < deadline, triton.err.read_text()[-4000:]
         time.sleep(0.2)
 
 
