@@ -43,7 +43,8 @@ def _pytriton_root() -> Path:
         import pytriton
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise TritonStartError(
-            "nvidia-pytriton is not installed; `pip install -e .[cpu]` provides tritonserver"
+            "nvidia-pytriton is not installed: the cpu extra provides tritonserver "
+            "(`pip install 'localmoe[cpu]'`, or `make install` in a checkout)"
         ) from exc
     return Path(pytriton.__file__).resolve().parent / "tritonserver"
 
