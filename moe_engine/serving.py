@@ -35,7 +35,11 @@ def input_ids(inputs: Inputs) -> list[int]:
     """Prompt ids from `input_ids` (`[1, L]`), trimmed to `input_lengths` when given."""
     if "input_ids" not in inputs:
         raise InputError("input 'input_ids' is required")
-    ids = inputs["input_ids"].reshape(-1).astype(np.int64).tolist()
+    array = inputs["input_ids"]
+    if array.ndim > 1 and array.shape[0] != 1:
+        # One prompt per request: flattening a batch would run its prompts as one.
+        raise InputError(f"input_ids holds a batch of {array.shape[0]} prompts; send one each")
+    ids = array.reshape(-1).astype(np.int64).tolist()
     length = scalar(inputs, "input_lengths")
     if length is not None:
         if not 0 < int(length) <= len(ids):
