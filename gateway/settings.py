@@ -96,15 +96,20 @@ class AuthSettings(_Section):
     """JWT bearer authentication (docs/auth-limits-cache.md). Configure at most one key."""
 
     enabled: bool = True
+    """Require a bearer token on `/v1/*`."""
     jwt_secret: SecretStr | None = None
     """HS256 secret (production: at least 32 characters)."""
     jwt_public_key_file: Path | None = None
     """PEM public key (RS256/ES256/EdDSA); a private key PEM here also lets `localmoe token`
     sign."""
     jwks_file: Path | None = None
+    """JWKS document on disk; read again when a token names an unknown `kid`."""
     jwks_url: str | None = None
+    """JWKS of your identity provider, fetched at start-up and refreshed."""
     issuer: str | None = None
+    """Required `iss` claim."""
     audience: str | None = None
+    """Required `aud` claim (a token with an `aud` is refused when unset)."""
     algorithms: Annotated[list[str] | None, NoDecode] = None
     """Accepted `alg` values (default: every algorithm that fits the key)."""
     dev_secret_file: Path | None = None
@@ -112,10 +117,23 @@ class AuthSettings(_Section):
     leeway_s: float = Field(default=30.0, ge=0)
     """Clock skew allowed on `exp` and `nbf`."""
     token_cache_size: int = Field(default=10_000, ge=0)
+    """Verified tokens remembered (0: verify every request)."""
     token_cache_s: float = Field(default=60.0, ge=0)
     """How long a verified token is trusted without re-verification (bounded by its `exp`)."""
     jwks_refresh_s: float = Field(default=300.0, gt=0)
+    """Age at which the JWKS is fetched again (in the background)."""
+    jwks_min_refresh_s: float = Field(default=30.0, ge=0)
+    """Least time between two JWKS fetches caused by unknown `kid`s or failed fetches."""
     jwks_timeout_s: float = Field(default=5.0, gt=0)
+    """Time limit on one JWKS fetch."""
+    tenant_claim: str = "tenant"
+    """Claim naming the caller's tenant (shared tenant limits, a cache space of its own)."""
+    models_claim: str = "models"
+    """Claim listing the model ids or patterns the caller may use."""
+    rpm_claim: str = "rpm"
+    """Claim overriding `ratelimit.rpm` for the caller."""
+    tpm_claim: str = "tpm"
+    """Claim overriding `ratelimit.tpm` for the caller."""
     metrics: bool = False
     """Put `/metrics` behind a bearer token too."""
 
@@ -127,13 +145,19 @@ class RateLimitSettings(_Section):
     """Default limits (token claims override them per subject); None is unlimited."""
 
     rpm: int | None = Field(default=None, ge=1)
+    """Requests per window per subject."""
     tpm: int | None = Field(default=None, ge=1)
+    """Prompt + completion tokens per window per subject."""
     tenant_rpm: int | None = Field(default=None, ge=1)
+    """Requests per window per tenant, on top of the subject's."""
     tenant_tpm: int | None = Field(default=None, ge=1)
+    """Tokens per window per tenant, on top of the subject's."""
     window_s: float = Field(default=60.0, gt=0)
+    """Length of the fixed window that the limits count in."""
     fail_open: bool = True
     """With Redis unreachable: per-process limits (true) or 503 (false)."""
     redis_timeout_s: float = Field(default=0.5, gt=0)
+    """Time limit on one Redis call of the limiter."""
     redis_retry_s: float = Field(default=1.0, gt=0)
     """After a Redis error, how long per-process limits decide before Redis is tried again."""
 
@@ -142,10 +166,13 @@ class CacheSettings(_Section):
     """The exact-match response cache for deterministic requests."""
 
     enabled: bool = True
+    """The response cache (`x-cache` header)."""
     max_entries: int = Field(default=10_000, ge=1)
     """Entries of the in-process tier (in front of Redis when `redis_url` is set)."""
     ttl_s: float = Field(default=600.0, gt=0)
+    """Lifetime of an entry, in process and in Redis."""
     redis_timeout_s: float = Field(default=0.25, gt=0)
+    """Time limit on one Redis call of the cache."""
     redis_retry_s: float = Field(default=5.0, gt=0)
     """After a Redis error, how long the cache runs in process only."""
 

@@ -2,11 +2,9 @@
 call first thing, and the caller's `CallContext` (model access, token meter, cache tenant) for
 the engine.
 
-Everything is built once (`Access`, on `app.state.access`; the limiter opens in the app's
-lifespan). Per request: one dict lookup for an already verified token, one limiter call (a few µs
-in memory, one Redis round trip with Redis), and the `x-ratelimit-*` headers, which go into
-`request.state.response_headers` — the `RequestContext` middleware adds them to whatever
-response leaves, 200, 4xx and event streams alike.
+`Access` is built once (on `app.state.access`; the limiter opens in the app's lifespan). The
+`x-ratelimit-*` headers go into `request.state.response_headers`, which the `RequestContext`
+middleware adds to whatever response leaves, 200, 4xx and event streams alike.
 """
 
 from __future__ import annotations
@@ -17,9 +15,9 @@ from fastapi import Request
 
 from gateway.core.context import CallContext
 from gateway.errors import LimitsUnavailable, RateLimited, Unauthorized
-from gateway.policy import ratelimit as limits
+from gateway.policy import keys
 from gateway.policy.auth import Authenticator, AuthError, Principal
-from gateway.policy.ratelimit import LimitDecision, LimitsConfig, RateLimiter
+from gateway.policy.ratelimit import LimitDecision, RateLimiter
 from gateway.settings import Settings
 
 log = logging.getLogger("localmoe.limits")
@@ -27,30 +25,27 @@ log = logging.getLogger("localmoe.limits")
 # With auth off every request is this caller: the default limits then hold for all of them.
 ANONYMOUS = Principal(sub="anonymous")
 
-_UNAVAILABLE = (
-    "Rate limits cannot be checked right now (their storage is unreachable); try again shortly."
-)
+_BUILD = object()
 
 
 class Access:
     """The authenticator and the rate limiter of one gateway process."""
 
-    def __init__(self, settings: Settings, authenticator: Authenticator | None):
+    def __init__(self, settings: Settings, authenticator: Authenticator | object | None = _BUILD):
+        """Raises `keys.KeyConfigError` when auth is on and no usable key is configured.
+
+        `authenticator` is only for the call of `gateway.api.app` until it passes `settings` alone.
+        """
+        self.settings = settings
+        if authenticator is _BUILD:
+            authenticator = keys.authenticator(settings)
+        assert authenticator is None or isinstance(authenticator, Authenticator)
         self.authenticator = authenticator
-        self.limits = LimitsConfig(
-            rpm=settings.ratelimit.rpm,
-            tpm=settings.ratelimit.tpm,
-            tenant_rpm=settings.ratelimit.tenant_rpm,
-            tenant_tpm=settings.ratelimit.tenant_tpm,
-            window_seconds=settings.ratelimit.window_s,
-            redis_url=settings.redis_url,
-            fail_open=settings.ratelimit.fail_open,
-        )
         self.limiter: RateLimiter | None = None
 
     def open(self) -> None:
         """Create the limiter (its Redis connections belong to the running event loop)."""
-        self.limiter = RateLimiter(self.limits)
+        self.limiter = RateLimiter(self.settings.ratelimit, self.settings.redis_url)
 
     async def close(self) -> None:
         """Close the limiter's connections."""
@@ -70,10 +65,9 @@ class Access:
 
     def meters_tokens(self, principal: Principal) -> bool:
         """Whether a tokens-per-minute limit applies to `principal`."""
+        limits = self.settings.ratelimit
         return bool(
-            principal.tpm
-            or self.limits.tpm
-            or (self.limits.tenant_tpm and principal.tenant is not None)
+            principal.tpm or limits.tpm or (limits.tenant_tpm and principal.tenant is not None)
         )
 
 
@@ -89,10 +83,7 @@ async def admit(request: Request, principal: Principal) -> None:
     """Generation routes: count the request against its caller's requests per minute, or 429."""
     access: Access = request.app.state.access
     assert access.limiter is not None
-    try:
-        decision = await access.limiter.check_request(principal)
-    except limits.LimitsUnavailable:
-        raise LimitsUnavailable(_UNAVAILABLE) from None
+    decision = await access.limiter.check_request(principal)
     request.state.response_headers = decision.headers()
     request.state.admission = decision
     if not decision.allowed:
@@ -139,10 +130,7 @@ class _Meter:
         # The admission read the token counters already, unless no request limit applies.
         decision = self._limiter.fit_tokens(self._admission, prompt_tokens)
         if decision is None:
-            try:
-                decision = await self._limiter.check_tokens(self._principal, prompt_tokens)
-            except limits.LimitsUnavailable:
-                raise LimitsUnavailable(_UNAVAILABLE) from None
+            decision = await self._limiter.check_tokens(self._principal, prompt_tokens)
         self._headers.update(decision.headers())
         if not decision.allowed:
             raise RateLimited(decision.message, kind="tokens")
@@ -157,7 +145,7 @@ class _Meter:
     async def charge(self, tokens: int) -> None:
         try:
             await self._limiter.charge_tokens(self._principal, tokens)
-        except limits.LimitsUnavailable:
+        except LimitsUnavailable:
             log.warning(
                 "could not charge %d tokens to %s: limits unavailable", tokens, self._principal.sub
             )

@@ -1,83 +1,37 @@
-"""JWT bearer authentication: verify tokens, turn their claims into a `Principal`.
+"""JWT bearer authentication: verify tokens and turn their claims into a `Principal`.
 
-Integration guide (gateway request path)::
-
-    authenticator = Authenticator(AuthConfig(hs256_secret=secret))    # once, at start-up
-    ...
-    try:
-        principal = authenticator.authenticate(request.headers.get("authorization"))
-    except AuthError as exc:
-        # 401, OpenAI error body {"error": {"message": exc.message, "type": "invalid_request_error",
-        #                                    "param": None, "code": "invalid_api_key"}}
-        # header WWW-Authenticate: exc.www_authenticate
-    if not principal.allows_model(body.model):
-        ...  # 404 model_not_found, exactly as for a model that does not exist
-    # /v1/models lists only the ids for which principal.allows_model(id) is true.
-
-Call it from an `async def` dependency (a plain `def` one costs FastAPI a thread hop).
-`authenticate` is synchronous and never waits on the network: a verified token is kept in a
-bounded LRU (keyed by the token string, never past its `exp`), so the hot path is one dict lookup
-(about 2 µs CPU). JWKS documents given by URL are fetched at construction, refreshed in a background
-thread when older than `jwks_refresh_seconds`, and re-fetched (at most every
-`jwks_min_refresh_seconds`) when a token names an unknown `kid`; the token that triggered the
-refresh is rejected if the refresh has to run in the background (with no event loop running, as in
-the CLI, it runs inline). Identity providers publish new keys before signing with them, so normal
-key rotation never hits that path. Call `await authenticator.refresh_keys()` to force a refresh.
-
-Keys (exactly one source in `AuthConfig`):
-- `hs256_secret`: shared secret (HS256/HS384/HS512) — development and tests, `LOCALMOE_JWT_SECRET`.
-- `public_key_file`: PEM public key or X.509 certificate (RSA → RS*/PS*, EC → ES* by curve,
-  Ed25519/Ed448 → EdDSA).
-- `jwks_file` / `jwks_url`: a JWKS document; the token's `kid` selects the key. Symmetric (`oct`)
-  keys in a JWKS are ignored.
-Algorithms are pinned per key type, intersected with `AuthConfig.algorithms` when given: an HS256
-token can never be checked against an RSA/EC public key (algorithm confusion), and `alg: none`
-is never accepted.
-
-Claims (the names of `tenant`, `models`, `rpm` and `tpm` are configurable in `AuthConfig`):
-
-- `sub`: non-empty string, required. The caller; limits are counted per subject.
-- `exp`: NumericDate, required unless `require_exp=False`; `leeway_seconds` of skew allowed.
-- `nbf`, `iat`: NumericDate, optional; refused before `nbf`, or with `iat` in the future.
-- `iss`: must equal `AuthConfig.issuer` when one is configured (and is then required).
-- `aud`: string or list; must contain `AuthConfig.audience` when one is configured (and is then
-  required). A token carrying an `aud` is refused when no audience is configured.
-- `tenant`: optional string. Groups subjects: shared tenant limits, a tenant-private cache.
-- `models`: optional list of strings (or one comma-separated string): allowed model ids or
-  fnmatch patterns (`mixtral-*`). Absent = every model; `[]` = none.
-- `rpm`, `tpm`: optional positive integers: requests / tokens per minute for this subject,
-  overriding the gateway defaults.
-
-`mint_token()` signs such a token (`localmoe token`); `load_or_create_dev_secret()` keeps the
-random development secret of the embedded default in the user's config folder (mode 0600).
+Keys, claims and the 401 reasons are in docs/auth-limits-cache.md. `authenticate` is synchronous
+and, on an event loop, never waits on the network: verified tokens are remembered (never past
+their `exp`), and a JWKS URL is fetched on a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
+import http.client
 import json
 import logging
 import os
 import re
 import secrets
-import threading
 import time
 import urllib.request
-from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import jwt
+from cachetools import TLRUCache
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from gateway.settings import AuthSettings
+
 __all__ = [
-    "AuthConfig",
     "AuthError",
     "Authenticator",
     "Principal",
@@ -100,6 +54,7 @@ _EC_ALGORITHMS = {
 ASYMMETRIC_ALGORITHMS = RSA_ALGORITHMS | frozenset(_EC_ALGORITHMS.values()) | {"EdDSA"}
 _MAX_TOKEN_CHARS = 16 * 1024
 _MAX_JWKS_BYTES = 1024 * 1024
+_JWKS_HEADERS = {"Accept": "application/json", "User-Agent": "localmoe-gateway"}
 _DEV_SECRET_MIN_CHARS = 32
 
 
@@ -124,44 +79,6 @@ class AuthError(Exception):
         # The message may quote attacker-chosen header values: keep RFC 6750's character set.
         description = "".join(c for c in self.message if " " <= c <= "~" and c not in '"\\')
         return f'Bearer realm="localmoe", error="invalid_token", error_description="{description}"'
-
-
-@dataclass(frozen=True)
-class AuthConfig:
-    """How tokens are verified. Exactly one of the four key sources must be set."""
-
-    hs256_secret: str | None = None
-    public_key_file: Path | None = None
-    jwks_file: Path | None = None
-    jwks_url: str | None = None
-    algorithms: tuple[str, ...] | None = None
-    """Accepted `alg` values; default: every algorithm that fits the key type."""
-    issuer: str | None = None
-    audience: str | None = None
-    leeway_seconds: float = 30.0
-    require_exp: bool = True
-    token_cache_size: int = 10_000
-    token_cache_seconds: float = 60.0
-    """How long a verified token is trusted without re-verification (bounded by its `exp`)."""
-    jwks_refresh_seconds: float = 300.0
-    jwks_min_refresh_seconds: float = 30.0
-    jwks_timeout_seconds: float = 5.0
-    tenant_claim: str = "tenant"
-    models_claim: str = "models"
-    rpm_claim: str = "rpm"
-    tpm_claim: str = "tpm"
-
-    def __post_init__(self) -> None:
-        sources = [self.hs256_secret, self.public_key_file, self.jwks_file, self.jwks_url]
-        if sum(source is not None for source in sources) != 1:
-            raise ValueError(
-                "AuthConfig needs exactly one key source: hs256_secret, public_key_file, "
-                "jwks_file or jwks_url"
-            )
-        if self.hs256_secret is not None and not self.hs256_secret:
-            raise ValueError("hs256_secret is empty")
-        if self.algorithms is not None and "none" in {a.lower() for a in self.algorithms}:
-            raise ValueError('algorithm "none" is never accepted')
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,51 +114,77 @@ class Principal:
 
 
 class Authenticator:
-    """Verifies bearer tokens against the configured key and caches the result."""
+    """Verifies bearer tokens against one key and remembers the result.
 
-    def __init__(self, config: AuthConfig) -> None:
-        self.config = config
-        self._jwt = jwt.PyJWT(
-            {"require": ["exp", "sub"] if config.require_exp else ["sub"], "verify_sub": True}
-        )
-        self._cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+    Not thread-safe (its token cache is a cachetools one): call it from one thread, the event
+    loop's. Only the JWKS fetch runs on a worker thread."""
+
+    def __init__(self, settings: AuthSettings, *, secret: str | None = None) -> None:
+        """Verify with the key configured in `settings`, or with the HS256 `secret` given in its
+        place (the development secret). Raises ValueError unless there is exactly one key."""
+        if secret is None and settings.jwt_secret is not None:
+            secret = settings.jwt_secret.get_secret_value()
+        sources = (secret, settings.jwt_public_key_file, settings.jwks_file, settings.jwks_url)
+        if sum(source is not None for source in sources) != 1:
+            raise ValueError(
+                "configure exactly one key: jwt_secret, jwt_public_key_file, jwks_file or jwks_url"
+            )
+        if secret == "":
+            raise ValueError("the HS256 secret is empty")
+        if settings.algorithms and "none" in {a.lower() for a in settings.algorithms}:
+            raise ValueError('algorithm "none" is never accepted')
+        self.settings = settings
+        self._allowed = frozenset(settings.algorithms) if settings.algorithms else None
+        self._jwt = jwt.PyJWT({"require": ["exp", "sub"], "verify_sub": True})
+        self._cache: TLRUCache[str, tuple[Principal, float]] | None = None
+        if settings.token_cache_size > 0:
+            trusted_s = settings.token_cache_s
+            self._cache = TLRUCache(
+                settings.token_cache_size,
+                lambda _token, entry, now: min(entry[1], now + trusted_s),
+                timer=time.time,
+            )
         self._keys: tuple[_Key, ...] = ()
         self._by_kid: dict[str, _Key] = {}
         self._algorithms: frozenset[str] = frozenset()
-        self._keys_loaded_at = 0.0  # monotonic
+        self._remote: _RemoteKeys | None = None
         self._jwks_mtime: float | None = None
-        self._next_refresh_allowed = 0.0  # monotonic
-        self._refresh_lock = threading.Lock()
-        self._refreshing = False
-        self._load_initial_keys()
+        self._jwks_checked_at = 0.0  # monotonic
+        if secret is not None:
+            if len(secret.encode()) < 32:
+                logger.warning("the HS256 secret is shorter than 32 bytes; use a longer one")
+            self._set_keys([_Key(None, secret.encode(), HMAC_ALGORITHMS)])
+        elif settings.jwt_public_key_file is not None:
+            public_key = _load_public_key(Path(settings.jwt_public_key_file))
+            self._set_keys([_Key(None, public_key, _algorithms_for_key(public_key))])
+        elif settings.jwks_file is not None:
+            self._read_jwks_file()
+        else:
+            self._remote = _RemoteKeys(settings, self._set_jwks)
+            self._set_keys(())
+            # An identity provider that is down at start-up must not stop the gateway: every
+            # token is refused until a later fetch succeeds.
+            self._remote.refresh(wait=True)
+        if not self._algorithms:
+            raise ValueError(f"none of the algorithms {settings.algorithms} fits the key")
 
     def authenticate(self, authorization: str | None) -> Principal:
         """Verify the `Authorization` header value and return its caller, or raise `AuthError`."""
         token = _bearer_token(authorization)
-        cached = self._cache.get(token)
-        now = time.time()
-        if cached is not None:
-            if cached[1] > now:
-                try:  # noqa: SIM105 (contextlib.suppress costs more on this hot path)
-                    self._cache.move_to_end(token)
-                except KeyError:  # evicted meanwhile by another thread
-                    pass
-                return cached[0]
-            self._cache.pop(token, None)
-        principal, expires_at = self._verify(token, now)
-        self._cache[token] = (principal, min(expires_at, now + self.config.token_cache_seconds))
-        if len(self._cache) > self.config.token_cache_size:
-            self._cache.popitem(last=False)
+        cache = self._cache
+        if cache is not None:
+            try:  # half the cost of TLRUCache.get, which looks the key up twice
+                return cache[token][0]
+            except KeyError:
+                pass
+        principal, expires_at = self._verify(token)
+        if cache is not None:
+            cache[token] = (principal, expires_at)
         return principal
-
-    async def refresh_keys(self) -> None:
-        """Re-read the JWKS file or re-fetch the JWKS URL now (no-op for static keys)."""
-        if self.config.jwks_url is not None or self.config.jwks_file is not None:
-            await asyncio.to_thread(self._refresh_jwks, force=True)
 
     # -- verification ---------------------------------------------------------------------
 
-    def _verify(self, token: str, now: float) -> tuple[Principal, float]:
+    def _verify(self, token: str) -> tuple[Principal, float]:
         if len(token) > _MAX_TOKEN_CHARS or token.count(".") != 2:
             raise AuthError("Malformed bearer token: not a JWT", "malformed_token")
         try:
@@ -251,8 +194,8 @@ class Authenticator:
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:
             raise AuthError(f"Token algorithm {alg!r} is not accepted", "invalid_algorithm")
-        self._maybe_schedule_periodic_refresh()
         candidates = self._candidate_keys(header, alg)
+        settings = self.settings
         payload: dict[str, Any] | None = None
         for i, key in enumerate(candidates):
             try:
@@ -260,9 +203,9 @@ class Authenticator:
                     token,
                     key=key.key,
                     algorithms=[alg],
-                    audience=self.config.audience,
-                    issuer=self.config.issuer,
-                    leeway=self.config.leeway_seconds,
+                    audience=settings.audience,
+                    issuer=settings.issuer,
+                    leeway=settings.leeway_s,
                 )
                 break
             except jwt.InvalidSignatureError:
@@ -272,20 +215,17 @@ class Authenticator:
                 raise _auth_error(exc) from None
         if payload is None:
             raise AuthError("No key fits the token", "unknown_key")
-        principal = _principal_from_claims(payload, self.config)
-        exp = payload.get("exp")
-        expires_at = float(exp) + self.config.leeway_seconds if exp is not None else float("inf")
-        return principal, expires_at
+        return _principal_from_claims(payload, settings), float(payload["exp"]) + settings.leeway_s
 
     def _candidate_keys(self, header: Mapping[str, Any], alg: str) -> list[_Key]:
-        if self.config.jwks_url is None and self.config.jwks_file is None:
+        if self._remote is None and self.settings.jwks_file is None:
             return [key for key in self._keys if alg in key.algorithms]
         kid = header.get("kid")
-        if isinstance(kid, str):
+        if not isinstance(kid, str):
+            kid = None
+        self._refresh_jwks(kid if kid is not None and kid not in self._by_kid else None)
+        if kid is not None:
             key = self._by_kid.get(kid)
-            if key is None:
-                self._on_unknown_kid()
-                key = self._by_kid.get(kid)
             if key is None:
                 raise AuthError(f"Token key id {kid!r} is not known", "unknown_key")
             if alg not in key.algorithms:
@@ -299,31 +239,8 @@ class Authenticator:
 
     # -- keys -----------------------------------------------------------------------------
 
-    def _load_initial_keys(self) -> None:
-        config = self.config
-        if config.hs256_secret is not None:
-            if len(config.hs256_secret.encode()) < 32:
-                logger.warning("the HS256 secret is shorter than 32 bytes; use a longer one")
-            self._set_keys([_Key(None, config.hs256_secret.encode(), HMAC_ALGORITHMS)])
-        elif config.public_key_file is not None:
-            public_key = _load_public_key(Path(config.public_key_file))
-            self._set_keys([_Key(None, public_key, _algorithms_for_key(public_key))])
-        else:
-            try:
-                self._refresh_jwks(force=True)
-            except Exception as exc:
-                if config.jwks_file is not None:
-                    raise
-                # An identity provider that is down at start-up must not stop the gateway;
-                # every token is refused until a later refresh succeeds.
-                logger.error("cannot fetch JWKS from %s: %s", config.jwks_url, exc)
-        if self.config.algorithms is not None and self._keys and not self._algorithms:
-            raise ValueError(
-                f"none of the configured algorithms {self.config.algorithms} fits the key"
-            )
-
     def _set_keys(self, keys: Iterable[_Key]) -> None:
-        allowed = frozenset(self.config.algorithms) if self.config.algorithms else None
+        allowed = self._allowed
         pinned = []
         for key in keys:
             algorithms = key.algorithms & allowed if allowed is not None else key.algorithms
@@ -331,72 +248,127 @@ class Authenticator:
                 pinned.append(_Key(key.kid, key.key, algorithms))
         self._keys = tuple(pinned)
         self._by_kid = {key.kid: key for key in pinned if key.kid is not None}
-        if self.config.jwks_url is not None or self.config.jwks_file is not None:
+        if self._remote is not None or self.settings.jwks_file is not None:
             # Any asymmetric algorithm may name a key that a refresh will bring; the key
             # found by `kid` then pins it.
             self._algorithms = ASYMMETRIC_ALGORITHMS & allowed if allowed else ASYMMETRIC_ALGORITHMS
         else:
             self._algorithms = frozenset().union(*(key.algorithms for key in pinned))
-        self._keys_loaded_at = time.monotonic()
 
-    def _refresh_jwks(self, force: bool = False) -> bool:
-        """Load the JWKS document again; returns whether it was (re)loaded."""
-        with self._refresh_lock:
-            if self.config.jwks_file is not None:
-                path = Path(self.config.jwks_file)
-                mtime = path.stat().st_mtime
-                if not force and mtime == self._jwks_mtime:
-                    self._keys_loaded_at = time.monotonic()
-                    return False
-                document = json.loads(path.read_bytes())
-                self._jwks_mtime = mtime
-            else:
-                assert self.config.jwks_url is not None
-                now = time.monotonic()
-                if not force and now < self._next_refresh_allowed:
-                    return False  # an unknown kid must not make us hammer the identity provider
-                self._next_refresh_allowed = now + self.config.jwks_min_refresh_seconds
-                document = _fetch_json(self.config.jwks_url, self.config.jwks_timeout_seconds)
-            self._set_keys(_keys_from_jwks(document))
-            logger.info("loaded %d verification keys from JWKS", len(self._keys))
-            return True
-
-    def _on_unknown_kid(self) -> None:
-        self._refresh_soon()
-
-    def _maybe_schedule_periodic_refresh(self) -> None:
-        if self.config.jwks_url is None and self.config.jwks_file is None:
-            return
-        if time.monotonic() - self._keys_loaded_at >= self.config.jwks_refresh_seconds:
-            self._refresh_soon()
-
-    def _refresh_soon(self) -> None:
-        """Refresh inline when that cannot stall an event loop, else in a worker thread."""
-        if self.config.jwks_file is not None:
-            self._refresh_jwks_logged()  # a stat() and, when changed, a small file read
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._refresh_jwks_logged()  # no event loop to stall (CLI, scripts, sync callers)
-            return
-        if self._refreshing or time.monotonic() < self._next_refresh_allowed:
-            return
-        self._refreshing = True
-
-        def run() -> None:
+    def _set_jwks(self, jwks: Iterable[jwt.PyJWK]) -> None:
+        keys = []
+        for jwk in jwks:
+            if jwk.key_type == "oct" or jwk.public_key_use not in (None, "sig"):
+                continue  # symmetric keys have no place in a published key set
             try:
-                self._refresh_jwks_logged()
-            finally:
-                self._refreshing = False
+                fitting = _algorithms_for_key(jwk.key)
+            except ValueError as exc:
+                logger.warning("skipping JWKS key %r: %s", jwk.key_id, exc)
+                continue
+            # PyJWK's algorithm: the key's `alg`, else PyJWT's default for its type.
+            keys.append(_Key(jwk.key_id, jwk.key, fitting & {jwk.algorithm_name}))
+        self._set_keys(keys)
+        logger.info("loaded %d verification keys from the JWKS", len(self._keys))
 
-        loop.run_in_executor(None, run)
+    def _refresh_jwks(self, unknown_kid: str | None) -> None:
+        """Bring the JWKS up to date when it is old or lacks `unknown_kid`."""
+        if self._remote is not None:
+            self._remote.refresh(unknown_kid)
+            return
+        age = time.monotonic() - self._jwks_checked_at
+        if unknown_kid is not None or age >= self.settings.jwks_refresh_s:
+            try:
+                self._read_jwks_file()  # a stat() and, when changed, a small file read
+            except (OSError, ValueError) as exc:
+                logger.warning("cannot read the JWKS file: %s", exc)
 
-    def _refresh_jwks_logged(self) -> None:
+    def _read_jwks_file(self) -> None:
+        path = Path(self.settings.jwks_file or "")
+        self._jwks_checked_at = time.monotonic()
+        mtime = path.stat().st_mtime
+        if mtime != self._jwks_mtime:
+            self._set_jwks(_parse_jwks(json.loads(path.read_bytes())))
+            self._jwks_mtime = mtime
+
+
+class _CappedJWKClient(jwt.PyJWKClient):
+    """PyJWKClient reading at most `_MAX_JWKS_BYTES` of the document (it reads any size)."""
+
+    def fetch_data(self) -> Any:
+        request = urllib.request.Request(self.uri, headers=self.headers)
         try:
-            self._refresh_jwks()
-        except Exception as exc:
-            logger.warning("JWKS refresh failed: %s", exc)
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                body = response.read(_MAX_JWKS_BYTES + 1)
+            if len(body) > _MAX_JWKS_BYTES:
+                raise ValueError(f"the document is larger than {_MAX_JWKS_BYTES} bytes")
+            document = json.loads(body)
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            raise jwt.PyJWKClientConnectionError(f"{exc}") from exc
+        self._last_successful_fetch = time.monotonic()  # starts the cooldown, as PyJWKClient's does
+        return document
+
+
+class _RemoteKeys:
+    """The JWKS at `auth.jwks_url`.
+
+    PyJWKClient fetches it, keeps it `jwks_refresh_s` and fetches it again for an unknown kid at
+    most every `jwks_min_refresh_s`. Added here: on an event loop the fetch runs on a worker
+    thread (PyJWKClient fetches inline, which would stall every request for up to
+    `jwks_timeout_s`; the token that asked is refused meanwhile, and identity providers publish
+    a key before they sign with it), and a failed fetch waits too (PyJWKClient's cooldown starts
+    on successful fetches only).
+    """
+
+    def __init__(self, settings: AuthSettings, on_fetch: Callable[[Iterable[jwt.PyJWK]], None]):
+        self._url = settings.jwks_url or ""
+        try:
+            self._client = _CappedJWKClient(
+                self._url,
+                lifespan=settings.jwks_refresh_s,
+                timeout=settings.jwks_timeout_s,
+                cooldown_duration=settings.jwks_min_refresh_s,
+                headers=_JWKS_HEADERS,
+            )
+        except jwt.PyJWKClientError as exc:
+            raise ValueError(f"jwks_url: {exc}") from None
+        self._retry_s = settings.jwks_min_refresh_s
+        self._retry_at = 0.0  # monotonic
+        self._fetching = False
+        self._on_fetch = on_fetch
+
+    def refresh(self, unknown_kid: str | None = None, *, wait: bool = False) -> None:
+        """Fetch the key set when it is stale or lacks `unknown_kid`: inline with `wait` or with no
+        event loop running, else on a worker thread (the caller goes on with the keys it has)."""
+        cache = self._client.jwk_set_cache
+        stale = cache is None or cache.get() is None
+        if (unknown_kid is None and not stale) or self._fetching:
+            return
+        if time.monotonic() < self._retry_at:
+            return
+        loop = None if wait else _running_loop()
+        if loop is None:
+            self._fetch(unknown_kid)
+            return
+        self._fetching = True
+        loop.run_in_executor(None, self._fetch, unknown_kid)
+
+    def _fetch(self, unknown_kid: str | None) -> None:
+        try:
+            if unknown_kid is None:
+                self._client.get_jwk_set()
+            else:
+                self._client.get_signing_key(unknown_kid)  # fetches unless cooling down
+        except (jwt.PyJWKClientConnectionError, jwt.PyJWKSetError) as exc:
+            self._retry_at = time.monotonic() + self._retry_s
+            logger.warning("cannot fetch the JWKS from %s: %s", self._url, exc)
+        except jwt.PyJWKClientError:
+            pass  # no key has this kid: its token is refused as `unknown_key`
+        finally:
+            self._fetching = False
+        cache = self._client.jwk_set_cache
+        key_set = cache.get() if cache is not None else None
+        if key_set is not None:
+            self._on_fetch(key_set.keys)
 
 
 def mint_token(
@@ -416,7 +388,7 @@ def mint_token(
 ) -> str:
     """Sign a LocalMoE token: `key` is the HS secret, or a PEM private key (str/bytes/object).
 
-    `ttl_seconds=None` mints a token without `exp` (refused unless `require_exp=False`).
+    `ttl_seconds=None` mints a token without `exp`, which `Authenticator` refuses.
     """
     if not sub:
         raise ValueError("sub must be a non-empty string")
@@ -522,24 +494,24 @@ def _auth_error(exc: jwt.PyJWTError) -> AuthError:
     return AuthError("Malformed bearer token", "malformed_token")
 
 
-def _principal_from_claims(claims: dict[str, Any], config: AuthConfig) -> Principal:
+def _principal_from_claims(claims: dict[str, Any], settings: AuthSettings) -> Principal:
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise AuthError("Token 'sub' claim must be a non-empty string", "invalid_claims")
-    tenant = claims.get(config.tenant_claim)
+    tenant = claims.get(settings.tenant_claim)
     if tenant is not None and (not isinstance(tenant, str) or not tenant):
-        raise AuthError(f"Token '{config.tenant_claim}' claim must be a string", "invalid_claims")
-    models = claims.get(config.models_claim)
+        raise AuthError(f"Token '{settings.tenant_claim}' claim must be a string", "invalid_claims")
+    models = claims.get(settings.models_claim)
     if isinstance(models, str):
         models = [m.strip() for m in models.split(",") if m.strip()]
     elif models is not None and (
         not isinstance(models, list) or not all(isinstance(m, str) and m for m in models)
     ):
         raise AuthError(
-            f"Token '{config.models_claim}' claim must be a list of strings", "invalid_claims"
+            f"Token '{settings.models_claim}' claim must be a list of strings", "invalid_claims"
         )
     limits = {}
-    for claim in (config.rpm_claim, config.tpm_claim):
+    for claim in (settings.rpm_claim, settings.tpm_claim):
         value = claims.get(claim)
         valid = value is None or (type(value) is int and value > 0)  # bool is not a limit
         if not valid:
@@ -549,8 +521,8 @@ def _principal_from_claims(claims: dict[str, Any], config: AuthConfig) -> Princi
         sub=sub,
         tenant=tenant,
         models=tuple(models) if models is not None else None,
-        rpm=limits[config.rpm_claim],
-        tpm=limits[config.tpm_claim],
+        rpm=limits[settings.rpm_claim],
+        tpm=limits[settings.tpm_claim],
         claims=MappingProxyType(claims),
     )
 
@@ -578,38 +550,20 @@ def _load_public_key(path: Path) -> Any:
     return serialization.load_pem_public_key(data)
 
 
-def _keys_from_jwks(document: Any) -> list[_Key]:
+def _parse_jwks(document: Any) -> list[jwt.PyJWK]:
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ValueError("a JWKS document is an object with a 'keys' list")
-    keys = []
-    for jwk_data in document["keys"]:
-        if not isinstance(jwk_data, dict):
-            continue
-        kid = jwk_data.get("kid")
-        if jwk_data.get("kty") == "oct" or jwk_data.get("use", "sig") != "sig":
-            continue  # symmetric keys have no place in a published key set
-        try:
-            key = jwt.PyJWK(jwk_data).key
-            algorithms = _algorithms_for_key(key)
-        except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError) as exc:
-            logger.warning("skipping JWKS key %r: %s", kid, exc)
-            continue
-        if "alg" in jwk_data:
-            algorithms = algorithms & {jwk_data["alg"]}
-        if algorithms:
-            keys.append(_Key(kid if isinstance(kid, str) else None, key, algorithms))
-    return keys
+    try:
+        return jwt.PyJWKSet.from_dict(document).keys
+    except jwt.PyJWKSetError:
+        return []  # no usable key (yet): every token is refused until one appears
 
 
-def _fetch_json(url: str, timeout: float) -> Any:
-    request = urllib.request.Request(
-        url, headers={"Accept": "application/json", "User-Agent": "localmoe-gateway"}
-    )
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        body = response.read(_MAX_JWKS_BYTES + 1)
-    if len(body) > _MAX_JWKS_BYTES:
-        raise ValueError(f"JWKS document at {url} is larger than {_MAX_JWKS_BYTES} bytes")
-    return json.loads(body)
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _read_secret(path: Path) -> str:

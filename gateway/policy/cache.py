@@ -1,43 +1,9 @@
-"""Exact-match response cache: an in-process LRU in front of (optional) Redis.
+"""Exact-match response cache for deterministic requests: in process, in front of Redis.
 
-Integration guide (gateway request path, after auth, limits, validation and the token check)::
-
-    cache = ResponseCache(max_entries=10_000, ttl_seconds=600, redis_url=settings.redis_url)
-    ...
-    body = request_json                                  # the OpenAI request as a dict
-    use_cache = model.cache_enabled and is_cacheable(body, request.headers.get("cache-control"))
-    if use_cache:
-        key = cache_key(principal.tenant, model.cache_identity, body)
-        cached = await cache.get(key)                    # never raises
-        if cached is not None:
-            ...  # x-cache: hit; reply from `cached` as JSON, or replay it as SSE chunks when
-                 # body["stream"] (role chunk, one content chunk and one finish chunk per
-                 # choice, usage chunk if stream_options.include_usage, then [DONE])
-    ...  # x-cache: miss; generate; when finished normally (not cancelled, no error):
-    if use_cache:
-        await cache.put(key, CachedCompletion(...))      # after the response is sent, or in a
-                                                         # background task; never raises
-    ...
-    await cache.aclose()                                 # at shutdown
-
-What makes two requests the same (`cache_key`): the tenant (tenants never share entries; a
-principal without a tenant shares the tenant-less space), the model identity (pass one that
-changes when the weights change), and the request with `stream`, `stream_options`, `user`,
-`cache`, `metadata`, `store`, `service_tier` and `model` removed, fields equal to OpenAI's
-defaults (or null) removed, numbers of float parameters made floats, `max_completion_tokens`
-folded into `max_tokens`, `stop` as a sorted list, a content list of one text part as its string,
-and keys sorted. Unknown fields stay in the key: a field we do not understand might change the
-answer, and a missed hit is cheaper than a wrong one.
-
-What may be cached (`is_cacheable`): temperature 0 or an explicit seed; not with `logprobs`
-(not stored), not when the body says `"cache": false` (or `{"no-cache": true}`), not when the
-request sends `Cache-Control: no-cache` or `no-store`.
-
-Storage: entries live `ttl_seconds`, also in Redis (`SET … PX`), and carry their absolute expiry so
-a copy pulled from Redis into another process's LRU expires at the same moment. Values are
-orjson. A Redis error is logged once per outage, counted
-(`localmoe_cache_storage_errors_total`) and treated as a miss; Redis is tried again after
-`redis_retry_seconds`. Lookups are counted in `localmoe_cache_lookups_total{result}`.
+What is cached and how requests are normalised into a key is in docs/auth-limits-cache.md.
+Unknown request fields stay in the key: one we do not understand might change the answer, and a
+missed hit is cheaper than a wrong one. Entries carry their absolute expiry, so a copy pulled from
+Redis into another process expires at the same moment. A Redis error is a miss, never an error.
 """
 
 from __future__ import annotations
@@ -45,17 +11,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from cachetools import TLRUCache
 from prometheus_client import Counter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+
+from gateway.settings import CacheSettings
 
 __all__ = [
     "CachedChoice",
@@ -79,6 +47,8 @@ STORAGE_ERRORS = Counter(
 )
 
 _KEY_VERSION = 1
+_REDIS_PREFIX = "localmoe:cache:"
+_MAX_VALUE_BYTES = 1 << 20
 _IGNORED_FIELDS = frozenset(
     {"stream", "stream_options", "user", "cache", "metadata", "store", "service_tier", "model"}
 )
@@ -184,33 +154,19 @@ def cache_key(tenant: str | None, model: str, request: Mapping[str, Any]) -> str
 
 
 class ResponseCache:
-    """In-process LRU of finished completions, backed by Redis when `redis_url` is given."""
+    """Finished completions in an in-process LRU, and in Redis when `redis_url` is given."""
 
-    def __init__(
-        self,
-        max_entries: int = 10_000,
-        ttl_seconds: float = 600.0,
-        redis_url: str | None = None,
-        *,
-        key_prefix: str = "localmoe:cache:",
-        redis_timeout_seconds: float = 0.25,
-        redis_retry_seconds: float = 1.0,
-        max_value_bytes: int = 1 << 20,
-    ) -> None:
-        if max_entries < 1 or ttl_seconds <= 0:
-            raise ValueError("max_entries and ttl_seconds must be positive")
-        self.max_entries = max_entries
-        self.ttl_seconds = ttl_seconds
-        self.key_prefix = key_prefix
-        self.max_value_bytes = max_value_bytes
-        self._retry_seconds = redis_retry_seconds
-        self._lru: OrderedDict[str, tuple[CachedCompletion, float]] = OrderedDict()
+    def __init__(self, settings: CacheSettings, redis_url: str | None = None) -> None:
+        self.settings = settings
+        self._local: TLRUCache[str, tuple[CachedCompletion, float]] = TLRUCache(
+            settings.max_entries, lambda _key, entry, _now: entry[1], timer=time.time
+        )
         self._redis: aioredis.Redis | None = None
         if redis_url:
             self._redis = aioredis.Redis.from_url(
                 redis_url,
-                socket_timeout=redis_timeout_seconds,
-                socket_connect_timeout=redis_timeout_seconds,
+                socket_timeout=settings.redis_timeout_s,
+                socket_connect_timeout=settings.redis_timeout_s,
                 retry=Retry(NoBackoff(), 1),
             )
         self._degraded = False
@@ -218,17 +174,16 @@ class ResponseCache:
 
     async def get(self, key: str) -> CachedCompletion | None:
         """The cached completion for `key`, or None (also when Redis fails)."""
-        now = time.time()
-        entry = self._lru.get(key)
-        if entry is not None:
-            if entry[1] > now:
-                self._lru.move_to_end(key)
-                _LOCAL_HIT.inc()
-                return entry[0]
-            self._lru.pop(key, None)
+        try:  # half the cost of TLRUCache.get, which looks the key up twice
+            value = self._local[key][0]
+        except KeyError:
+            pass
+        else:
+            _LOCAL_HIT.inc()
+            return value
         if self._redis is not None and self._redis_usable():
             try:
-                data = await self._redis.get(self.key_prefix + key)
+                data = await self._redis.get(_REDIS_PREFIX + key)
             except (RedisError, OSError) as exc:
                 self._on_storage_error(exc)
             else:
@@ -239,25 +194,24 @@ class ResponseCache:
                     except (ValueError, KeyError, TypeError, AttributeError) as exc:
                         logger.warning("ignoring an unreadable cache entry: %s", exc)
                     else:
-                        if expires_at > now:
-                            self._remember(key, value, expires_at)
+                        if expires_at > time.time():
+                            self._local[key] = (value, expires_at)
                             _REDIS_HIT.inc()
                             return value
         _MISS.inc()
         return None
 
     async def put(self, key: str, value: CachedCompletion) -> None:
-        """Store `value` for `ttl_seconds` in this process and in Redis; never raises."""
-        expires_at = time.time() + self.ttl_seconds
+        """Store `value` for `cache.ttl_s` in this process and in Redis; never raises."""
+        ttl_s = self.settings.ttl_s
+        expires_at = time.time() + ttl_s
         data = value.to_bytes(expires_at)
-        if len(data) > self.max_value_bytes:
+        if len(data) > _MAX_VALUE_BYTES:
             return
-        self._remember(key, value, expires_at)
+        self._local[key] = (value, expires_at)
         if self._redis is not None and self._redis_usable():
             try:
-                await self._redis.set(
-                    self.key_prefix + key, data, px=round(self.ttl_seconds * 1000)
-                )
+                await self._redis.set(_REDIS_PREFIX + key, data, px=round(ttl_s * 1000))
             except (RedisError, OSError) as exc:
                 self._on_storage_error(exc)
             else:
@@ -265,25 +219,19 @@ class ResponseCache:
 
     def clear_local(self) -> None:
         """Forget the in-process entries (Redis is untouched)."""
-        self._lru.clear()
+        self._local.clear()
 
     async def aclose(self) -> None:
         """Close the Redis connections."""
         if self._redis is not None:
             await self._redis.aclose()
 
-    def _remember(self, key: str, value: CachedCompletion, expires_at: float) -> None:
-        self._lru[key] = (value, expires_at)
-        self._lru.move_to_end(key)
-        while len(self._lru) > self.max_entries:
-            self._lru.popitem(last=False)
-
     def _redis_usable(self) -> bool:
         return not self._degraded or time.monotonic() >= self._retry_at
 
     def _on_storage_error(self, exc: BaseException) -> None:
         STORAGE_ERRORS.inc()
-        self._retry_at = time.monotonic() + self._retry_seconds
+        self._retry_at = time.monotonic() + self.settings.redis_retry_s
         if not self._degraded:
             self._degraded = True
             logger.error("response cache storage (Redis) failed: %r; serving misses", exc)

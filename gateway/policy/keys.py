@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.policy.auth import (
     HMAC_ALGORITHMS,
-    AuthConfig,
     Authenticator,
     _algorithms_for_key,
     default_dev_secret_path,
@@ -30,7 +29,6 @@ from gateway.settings import Settings
 
 __all__ = [
     "KeyConfigError",
-    "auth_config",
     "authenticator",
     "describe_key",
     "mint",
@@ -45,34 +43,13 @@ class KeyConfigError(ValueError):
     """The settings name no usable key (or several); the message says what to set."""
 
 
-def auth_config(settings: Settings) -> AuthConfig | None:
-    """How the gateway verifies tokens; None when `auth` is off. Raises `KeyConfigError`."""
+def authenticator(settings: Settings) -> Authenticator | None:
+    """The gateway's token verifier; None when `auth` is off. Raises `KeyConfigError`."""
     if not settings.auth.enabled:
         return None
     _check_one_key(settings)
-    secret = _hs_secret(settings)
-    algorithms = tuple(settings.auth.algorithms) if settings.auth.algorithms else None
     try:
-        return AuthConfig(
-            hs256_secret=secret,
-            public_key_file=settings.auth.jwt_public_key_file if secret is None else None,
-            jwks_file=settings.auth.jwks_file,
-            jwks_url=settings.auth.jwks_url,
-            algorithms=algorithms,
-            issuer=settings.auth.issuer,
-            audience=settings.auth.audience,
-        )
-    except ValueError as exc:
-        raise KeyConfigError(str(exc)) from None
-
-
-def authenticator(settings: Settings) -> Authenticator | None:
-    """The gateway's token verifier; None when `auth` is off. Raises `KeyConfigError`."""
-    config = auth_config(settings)
-    if config is None:
-        return None
-    try:
-        return Authenticator(config)
+        return Authenticator(settings.auth, secret=_hs_secret(settings))
     except (OSError, ValueError) as exc:
         raise KeyConfigError(f"cannot load the JWT key: {exc}") from None
 
@@ -165,7 +142,7 @@ def _dev_secret_path(settings: Settings) -> Path:
 def _pick(fitting: frozenset[str], allowed: list[str] | None, default: str | None = None) -> str:
     usable = fitting & set(allowed) if allowed else fitting
     if not usable:
-        raise KeyConfigError(f"none of jwt_algorithms {allowed} fits the signing key")
+        raise KeyConfigError(f"none of auth.algorithms {allowed} fits the signing key")
     if default in usable:
         return default
     return next((alg for alg in _PREFERRED if alg in usable), sorted(usable)[0])

@@ -1,63 +1,10 @@
-"""Requests- and tokens-per-minute limits per subject and per tenant, shared through Redis.
+"""Requests- and tokens-per-minute limits per subject and per tenant, in process or in Redis.
 
-Integration guide (gateway request path, after `authenticate`)::
-
-    limiter = RateLimiter(LimitsConfig(rpm=60, tpm=100_000, redis_url=settings.redis_url))
-    ...
-    try:
-        decision = await limiter.check_request(principal)        # counts this request
-    except LimitsUnavailable:
-        ...  # 503 (only when fail_open=False and Redis is down)
-    if not decision.allowed:
-        ...  # 429, code "rate_limit_exceeded", message decision.message,
-             # headers decision.headers() (x-ratelimit-* and Retry-After)
-    # validate, render the prompt, count its tokens, then:
-    tokens = limiter.fit_tokens(decision, prompt_tokens)            # no I/O: what check_request
-    if tokens is None:                                              # read, when it read tokens
-        tokens = await limiter.check_tokens(principal, prompt_tokens)   # counts nothing
-    if not tokens.allowed: ...                                      # 429 as above
-    headers = decision.headers() | tokens.headers()                 # on the success response
-    # generate, then with the real counts (streamed or not, also after a client disconnect):
-    await limiter.charge_tokens(principal, prompt_tokens + completion_tokens)
-    ...
-    await limiter.aclose()                                          # at shutdown
-
-Limits: the subject's `rpm`/`tpm` come from the token's claims, else `LimitsConfig.rpm`/`tpm`;
-when the principal has a tenant, `tenant_rpm`/`tenant_tpm` also apply to the tenant as a whole.
-`None` means unlimited (no counter, no I/O, no header). Headers report the binding limit (the
-one with the least remaining). A request refused by any limit is counted by none of them.
-
-Strategy: fixed windows of `window_seconds` (60 s; shorter in tests), each starting at the first
-hit on its key (`PEXPIRE`), like `limits`' fixed-window strategy. One Lua script reads and
-charges all of a request's counters (subject and tenant) atomically inside Redis, so replicas
-sharing a Redis admit exactly N requests per window for a limit of N, whatever the concurrency,
-with one round trip per call and exact reset times (`PTTL`) for the headers. The cost of the
-fixed window is that a client may spend up to 2N around a window boundary; a moving window
-would avoid that but needs one stored entry per request (per *token* for `tpm`).
-
-Without `redis_url` the counters live in the process: with `--workers N` each worker enforces
-the full limit, so configure Redis when limits must hold across workers or replicas. One Redis
-(or a Sentinel-managed primary) is supported, not Redis Cluster: the script touches the subject's
-and the tenant's keys together. Cost per call on this 2-core machine: ~6–8 µs CPU in memory,
-~130–160 µs CPU (one round trip, mostly redis-py and the socket) with Redis.
-
-Token limits are charged after generation with the real counts; `check_tokens` refuses a request
-whose prompt alone does not fit the remaining budget, so concurrent requests can overshoot a
-`tpm` by what they generate — like every provider that bills after the fact.
-
-Why not `limits`/`slowapi` directly: measured on this machine, `limits.aio`'s
-`FixedWindowRateLimiter` over `RedisStorage` needs `hit` + `get_window_stats` = 3 round trips
-(~340 µs CPU) per counter to fill the headers, cannot admit subject and tenant atomically (a
-request refused by the tenant limit has already used the subject's), and its `MemoryStorage`
-starts a task that scans every key on each hit. slowapi adds a decorator/middleware layer
-(request objects, its own header names) that our OpenAI-shaped errors would have to undo. So this
-module keeps `limits`' fixed-window model and its INCR-and-EXPIRE script idea, in one script.
-
-Redis outage: every failed call is counted (`localmoe_ratelimit_storage_errors_total`) and the
-first one of an outage is logged. With `fail_open=True` (default) the limiter then decides with
-per-process in-memory counters (each gateway process enforces the full limit on its own) and
-with `fail_open=False` it raises `LimitsUnavailable`. After `redis_retry_seconds` one request
-probes Redis again; when it answers, shared limits resume and the recovery is logged.
+Fixed windows that start at a key's first hit, like `limits`' fixed-window strategy. With Redis,
+one Lua script reads and charges all of a request's counters (subject and tenant) atomically:
+replicas admit exactly N per window, in one round trip — why this is not `limits`/`slowapi`,
+and what it costs, is in docs/auth-limits-cache.md. Tokens are charged after generation, so
+concurrent requests may overshoot a `tpm` by what they generate.
 """
 
 from __future__ import annotations
@@ -69,19 +16,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from cachetools import TTLCache
 from prometheus_client import Counter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from gateway.errors import LimitsUnavailable
 from gateway.policy.auth import Principal
+from gateway.settings import RateLimitSettings
 
 __all__ = [
     "LimitDecision",
     "LimitState",
-    "LimitsConfig",
-    "LimitsUnavailable",
     "RateLimiter",
     "format_reset",
 ]
@@ -146,35 +94,10 @@ return out
 """
 
 
-class LimitsUnavailable(Exception):
-    """Redis is unreachable and the limiter is configured to fail closed (gateway: 503)."""
-
-
-@dataclass(frozen=True)
-class LimitsConfig:
-    """Default limits and storage. A limit of None is unlimited."""
-
-    rpm: int | None = None
-    """Requests per window per subject, unless the token's `rpm` claim says otherwise."""
-    tpm: int | None = None
-    """Prompt + completion tokens per window per subject, unless the `tpm` claim says otherwise."""
-    tenant_rpm: int | None = None
-    tenant_tpm: int | None = None
-    window_seconds: float = 60.0
-    redis_url: str | None = None
-    fail_open: bool = True
-    redis_timeout_seconds: float = 0.5
-    redis_retry_seconds: float = 1.0
-    """After a Redis error, how long the fallback decides before Redis is tried again."""
-    key_prefix: str = "localmoe:rl"
-
-    def __post_init__(self) -> None:
-        if self.window_seconds <= 0:
-            raise ValueError("window_seconds must be positive")
-        for name in ("rpm", "tpm", "tenant_rpm", "tenant_tpm"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be a positive integer or None")
+_PREFIX = "localmoe:rl:"
+_UNAVAILABLE = (
+    "Rate limits cannot be checked right now (their storage is unreachable); try again shortly."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,18 +140,18 @@ _UNLIMITED = LimitDecision(allowed=True)
 class RateLimiter:
     """Admits requests and charges tokens against per-subject and per-tenant windows."""
 
-    def __init__(self, config: LimitsConfig) -> None:
-        self.config = config
-        self._window_ms = max(1, round(config.window_seconds * 1000))
-        self._prefix = config.key_prefix + ":"
-        self._memory = _MemoryCounters()
+    def __init__(self, settings: RateLimitSettings, redis_url: str | None = None) -> None:
+        """Counters in this process, or in the Redis at `redis_url` (shared by every replica)."""
+        self.settings = settings
+        self._window_ms = max(1, round(settings.window_s * 1000))
+        self._memory = _MemoryCounters(settings.window_s)
         self._redis: aioredis.Redis | None = None
         self._script: AsyncScript | None = None
-        if config.redis_url:
+        if redis_url:
             self._redis = aioredis.Redis.from_url(
-                config.redis_url,
-                socket_timeout=config.redis_timeout_seconds,
-                socket_connect_timeout=config.redis_timeout_seconds,
+                redis_url,
+                socket_timeout=settings.redis_timeout_s,
+                socket_connect_timeout=settings.redis_timeout_s,
                 # One immediate retry re-dials a pooled connection that a Redis restart broke;
                 # anything longer would hold requests up during an outage.
                 retry=Retry(NoBackoff(), 1),
@@ -321,17 +244,17 @@ class RateLimiter:
 
     def _scopes(self, principal: Principal, kind: str) -> tuple[list[str], list[int]]:
         """Storage keys and limits of the subject's and the tenant's counters of `kind`."""
-        config = self.config
+        settings = self.settings
         if kind == "r":
-            own, tenant_limit = principal.rpm or config.rpm, config.tenant_rpm
+            own, tenant_limit = principal.rpm or settings.rpm, settings.tenant_rpm
         else:
-            own, tenant_limit = principal.tpm or config.tpm, config.tenant_tpm
+            own, tenant_limit = principal.tpm or settings.tpm, settings.tenant_tpm
         keys, limits = [], []
         if own is not None:
-            keys.append(f"{self._prefix}{kind}:s:{principal.sub}")
+            keys.append(f"{_PREFIX}{kind}:s:{principal.sub}")
             limits.append(own)
         if tenant_limit is not None and principal.tenant is not None:
-            keys.append(f"{self._prefix}{kind}:t:{principal.tenant}")
+            keys.append(f"{_PREFIX}{kind}:t:{principal.tenant}")
             limits.append(tenant_limit)
         return keys, limits
 
@@ -360,17 +283,19 @@ class RateLimiter:
                 if probe:
                     self._probing = False
         if self._script is not None:
-            if not self.config.fail_open:
-                raise LimitsUnavailable("rate-limit storage (Redis) is unavailable")
+            if not self.settings.fail_open:
+                # Redis is tried again at `_retry_at`; OpenAI clients back off on Retry-After.
+                retry_after = max(1, math.ceil(self._retry_at - time.monotonic()))
+                raise LimitsUnavailable(_UNAVAILABLE, headers={"Retry-After": str(retry_after)})
             FALLBACK_DECISIONS.inc()
-        return self._memory.apply(mode, cost, self._window_ms, keys, limits)
+        return self._memory.apply(mode, cost, keys, limits)
 
     def _on_storage_error(self, exc: BaseException) -> None:
         STORAGE_ERRORS.inc()
-        self._retry_at = time.monotonic() + self.config.redis_retry_seconds
+        self._retry_at = time.monotonic() + self.settings.redis_retry_s
         if not self._degraded:
             self._degraded = True
-            mode = "per-process limits" if self.config.fail_open else "refusing requests (503)"
+            mode = "per-process limits" if self.settings.fail_open else "refusing requests (503)"
             logger.error("rate-limit storage (Redis) failed: %r; %s until it is back", exc, mode)
 
     def _refusal(
@@ -404,7 +329,7 @@ class RateLimiter:
         )
 
     def _label(self, key: str) -> str:
-        scope, _, name = key[len(self._prefix) + 2 :].partition(":")
+        scope, _, name = key[len(_PREFIX) + 2 :].partition(":")
         return f"{'subject' if scope == 's' else 'tenant'} {name!r}"
 
 
@@ -441,40 +366,39 @@ def _binding_state(limits: list[int], values: list[int], offset: int) -> LimitSt
 class _MemoryCounters:
     """The same fixed windows in this process: default storage, and the fail-open fallback."""
 
-    def __init__(self) -> None:
-        self._entries: dict[str, list[float]] = {}  # key -> [count, expires_at_ms]
-        self._next_sweep = 0.0
+    def __init__(self, window_s: float) -> None:
+        self._window_s = window_s
+        # key -> [count, window end]; unbounded like Redis: evicting a live counter would give
+        # its caller a fresh window.
+        self._counters: TTLCache[str, list[float]] = TTLCache(math.inf, window_s)
 
     def apply(
-        self, mode: int, cost: int, window_ms: int, keys: list[str], limits: list[int]
+        self, mode: int, cost: int, keys: list[str], limits: list[int]
     ) -> tuple[bool, list[int]]:
         # No await inside: on one event loop this is as atomic as the Lua script.
-        now = time.monotonic() * 1000
-        entries = self._entries
-        if now >= self._next_sweep:
-            for key in [k for k, entry in entries.items() if entry[1] <= now]:
-                del entries[key]
-            self._next_sweep = now + window_ms
-        current = [entries.get(key) for key in keys]
-        for i, entry in enumerate(current):
-            if entry is not None and entry[1] <= now:
-                del entries[keys[i]]
-                current[i] = None
-        allowed = True
-        if mode != _ADD:
-            for entry, limit in zip(current, limits, strict=False):
-                if (entry[0] if entry is not None else 0) + cost > limit:
-                    allowed = False
-                    break
-        charge = allowed and mode != _TEST
-        values: list[int] = []
-        for i, entry in enumerate(current):
-            if charge and i < len(limits):
+        counters = self._counters
+        with counters.timer as now:  # one clock reading for our window ends and the cache's
+            current = [_lookup(counters, key) for key in keys]
+            allowed = mode == _ADD or all(
+                (entry[0] if entry is not None else 0) + cost <= limit
+                for entry, limit in zip(current, limits, strict=False)
+            )
+            charge = allowed and mode != _TEST
+            values: list[int] = []
+            for i, entry in enumerate(current):
+                if charge and i < len(limits):
+                    if entry is None:
+                        entry = counters[keys[i]] = [0, now + self._window_s]
+                    entry[0] += cost
                 if entry is None:
-                    entry = entries[keys[i]] = [0, now + window_ms]
-                entry[0] += cost
-            if entry is None:
-                values += (0, 0)
-            else:
-                values += (int(entry[0]), math.ceil(entry[1] - now))
+                    values += (0, 0)
+                else:
+                    values += (int(entry[0]), math.ceil((entry[1] - now) * 1000))
         return allowed, values
+
+
+def _lookup(counters: TTLCache[str, list[float]], key: str) -> list[float] | None:
+    try:  # half the cost of TTLCache.get, which looks the key up twice
+        return counters[key]
+    except KeyError:
+        return None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
+import os
 import stat
 import threading
 import time
@@ -19,8 +21,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from gateway.policy import keys
 from gateway.policy.auth import (
-    AuthConfig,
     Authenticator,
     AuthError,
     Principal,
@@ -28,6 +30,8 @@ from gateway.policy.auth import (
     mint_token,
     parse_ttl,
 )
+from gateway.settings import AuthSettings, Settings
+from tests.support import wait_for
 
 SECRET = "s" * 48
 
@@ -60,8 +64,8 @@ def _claims(**extra: Any) -> dict[str, Any]:
     return {"sub": "alice", "exp": int(time.time()) + 600, **extra}
 
 
-def _hs_auth(**config: Any) -> Authenticator:
-    return Authenticator(AuthConfig(hs256_secret=SECRET, **config))
+def _hs_auth(**settings: Any) -> Authenticator:
+    return Authenticator(AuthSettings(jwt_secret=SECRET, **settings))
 
 
 def _reject(auth: Authenticator, header: str | None) -> AuthError:
@@ -136,12 +140,12 @@ def test_token_signed_with_another_secret_is_rejected() -> None:
 
 def test_expired_token_is_rejected() -> None:
     token = jwt.encode(_claims(exp=int(time.time()) - 120), SECRET, algorithm="HS256")
-    assert _reject(_hs_auth(leeway_seconds=30), f"Bearer {token}").code == "expired_token"
+    assert _reject(_hs_auth(leeway_s=30), f"Bearer {token}").code == "expired_token"
 
 
 def test_recently_expired_token_is_accepted_within_leeway() -> None:
     token = jwt.encode(_claims(exp=int(time.time()) - 5), SECRET, algorithm="HS256")
-    assert _hs_auth(leeway_seconds=30).authenticate(f"Bearer {token}").sub == "alice"
+    assert _hs_auth(leeway_s=30).authenticate(f"Bearer {token}").sub == "alice"
 
 
 def test_token_without_exp_is_rejected_by_default() -> None:
@@ -194,21 +198,21 @@ def test_models_claim_of_wrong_type_is_rejected() -> None:
 
 def test_rs256_token_is_verified_with_public_key_file(tmp_path: Path, rsa_key: Any) -> None:
     (tmp_path / "pub.pem").write_bytes(_public_pem(rsa_key))
-    auth = Authenticator(AuthConfig(public_key_file=tmp_path / "pub.pem"))
+    auth = Authenticator(AuthSettings(jwt_public_key_file=tmp_path / "pub.pem"))
     token = mint_token(rsa_key, sub="alice", algorithm="RS256")
     assert auth.authenticate(f"Bearer {token}").sub == "alice"
 
 
 def test_es256_token_is_verified_with_public_key_file(tmp_path: Path, ec_key: Any) -> None:
     (tmp_path / "pub.pem").write_bytes(_public_pem(ec_key))
-    auth = Authenticator(AuthConfig(public_key_file=tmp_path / "pub.pem"))
+    auth = Authenticator(AuthSettings(jwt_public_key_file=tmp_path / "pub.pem"))
     token = mint_token(ec_key, sub="alice", algorithm="ES256")
     assert auth.authenticate(f"Bearer {token}").sub == "alice"
 
 
 def test_rs256_token_signed_by_another_key_is_rejected(tmp_path: Path, rsa_key: Any) -> None:
     (tmp_path / "pub.pem").write_bytes(_public_pem(rsa_key))
-    auth = Authenticator(AuthConfig(public_key_file=tmp_path / "pub.pem"))
+    auth = Authenticator(AuthSettings(jwt_public_key_file=tmp_path / "pub.pem"))
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     token = mint_token(other, sub="alice", algorithm="RS256")
     assert _reject(auth, f"Bearer {token}").code == "invalid_signature"
@@ -221,7 +225,7 @@ def test_hs256_token_signed_with_the_rsa_public_key_is_rejected(
     # HMAC secret. PyJWT refuses to sign this, so build the token by hand.
     pem = _public_pem(rsa_key)
     (tmp_path / "pub.pem").write_bytes(pem)
-    auth = Authenticator(AuthConfig(public_key_file=tmp_path / "pub.pem"))
+    auth = Authenticator(AuthSettings(jwt_public_key_file=tmp_path / "pub.pem"))
     signing_input = _unsigned({"alg": "HS256", "typ": "JWT"}, _claims())
     signature = hmac.new(pem, signing_input.encode(), hashlib.sha256).digest()
     error = _reject(auth, f"Bearer {signing_input}.{_b64(signature)}")
@@ -230,14 +234,16 @@ def test_hs256_token_signed_with_the_rsa_public_key_is_rejected(
 
 def test_es_key_refuses_rs256_algorithm(tmp_path: Path, ec_key: Any, rsa_key: Any) -> None:
     (tmp_path / "pub.pem").write_bytes(_public_pem(ec_key))
-    auth = Authenticator(AuthConfig(public_key_file=tmp_path / "pub.pem"))
+    auth = Authenticator(AuthSettings(jwt_public_key_file=tmp_path / "pub.pem"))
     token = mint_token(rsa_key, sub="alice", algorithm="RS256")
     assert _reject(auth, f"Bearer {token}").code == "invalid_algorithm"
 
 
 def test_configured_algorithms_narrow_what_the_key_accepts(tmp_path: Path, rsa_key: Any) -> None:
     (tmp_path / "pub.pem").write_bytes(_public_pem(rsa_key))
-    auth = Authenticator(AuthConfig(public_key_file=tmp_path / "pub.pem", algorithms=("RS256",)))
+    auth = Authenticator(
+        AuthSettings(jwt_public_key_file=tmp_path / "pub.pem", algorithms=["RS256"])
+    )
     token = mint_token(rsa_key, sub="alice", algorithm="PS256")
     assert _reject(auth, f"Bearer {token}").code == "invalid_algorithm"
 
@@ -254,7 +260,7 @@ def _jwks(*entries: tuple[str, Any, str]) -> dict[str, Any]:
 def test_jwks_file_selects_the_key_named_by_kid(tmp_path: Path, rsa_key: Any, ec_key: Any) -> None:
     path = tmp_path / "jwks.json"
     path.write_text(json.dumps(_jwks(("r1", rsa_key, "RS256"), ("e1", ec_key, "ES256"))))
-    auth = Authenticator(AuthConfig(jwks_file=path))
+    auth = Authenticator(AuthSettings(jwks_file=path))
     rs = mint_token(rsa_key, sub="rsa-user", algorithm="RS256", kid="r1")
     es = mint_token(ec_key, sub="ec-user", algorithm="ES256", kid="e1")
     assert auth.authenticate(f"Bearer {rs}").sub == "rsa-user"
@@ -264,7 +270,7 @@ def test_jwks_file_selects_the_key_named_by_kid(tmp_path: Path, rsa_key: Any, ec
 def test_jwks_kid_of_another_key_is_rejected(tmp_path: Path, rsa_key: Any, ec_key: Any) -> None:
     path = tmp_path / "jwks.json"
     path.write_text(json.dumps(_jwks(("r1", rsa_key, "RS256"), ("e1", ec_key, "ES256"))))
-    auth = Authenticator(AuthConfig(jwks_file=path))
+    auth = Authenticator(AuthSettings(jwks_file=path))
     token = mint_token(rsa_key, sub="alice", algorithm="RS256", kid="e1")
     assert _reject(auth, f"Bearer {token}").code == "invalid_algorithm"
 
@@ -272,7 +278,7 @@ def test_jwks_kid_of_another_key_is_rejected(tmp_path: Path, rsa_key: Any, ec_ke
 def test_jwks_unknown_kid_is_rejected(tmp_path: Path, rsa_key: Any) -> None:
     path = tmp_path / "jwks.json"
     path.write_text(json.dumps(_jwks(("r1", rsa_key, "RS256"))))
-    auth = Authenticator(AuthConfig(jwks_file=path))
+    auth = Authenticator(AuthSettings(jwks_file=path))
     token = mint_token(rsa_key, sub="alice", algorithm="RS256", kid="r2")
     assert _reject(auth, f"Bearer {token}").code == "unknown_key"
 
@@ -280,7 +286,7 @@ def test_jwks_unknown_kid_is_rejected(tmp_path: Path, rsa_key: Any) -> None:
 def test_jwks_file_is_reread_when_an_unknown_kid_appears(tmp_path: Path, rsa_key: Any) -> None:
     path = tmp_path / "jwks.json"
     path.write_text(json.dumps({"keys": []}))
-    auth = Authenticator(AuthConfig(jwks_file=path))
+    auth = Authenticator(AuthSettings(jwks_file=path))
     path.write_text(json.dumps(_jwks(("r2", rsa_key, "RS256"))))
     token = mint_token(rsa_key, sub="alice", algorithm="RS256", kid="r2")
     assert auth.authenticate(f"Bearer {token}").sub == "alice"
@@ -290,7 +296,7 @@ def test_jwks_symmetric_keys_are_ignored(tmp_path: Path) -> None:
     oct_key = {"kty": "oct", "kid": "h1", "alg": "HS256", "k": _b64(SECRET.encode())}
     path = tmp_path / "jwks.json"
     path.write_text(json.dumps({"keys": [oct_key]}))
-    auth = Authenticator(AuthConfig(jwks_file=path))
+    auth = Authenticator(AuthSettings(jwks_file=path))
     token = mint_token(SECRET, sub="alice", kid="h1")
     assert _reject(auth, f"Bearer {token}").code == "invalid_algorithm"
 
@@ -298,14 +304,17 @@ def test_jwks_symmetric_keys_are_ignored(tmp_path: Path) -> None:
 class _JWKSServer:
     def __init__(self, document: dict[str, Any]) -> None:
         self.document = document
+        self.status = 200
+        self.delay_s = 0.0
         self.hits = 0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.hits += 1
+                time.sleep(server.delay_s)  # a slow identity provider
                 body = json.dumps(server.document).encode()
-                self.send_response(200)
+                self.send_response(server.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -333,7 +342,7 @@ def jwks_server() -> Iterator[_JWKSServer]:
 
 def test_jwks_url_is_fetched_again_for_a_new_kid(jwks_server: _JWKSServer, rsa_key: Any) -> None:
     jwks_server.document = _jwks(("r1", rsa_key, "RS256"))
-    auth = Authenticator(AuthConfig(jwks_url=jwks_server.url, jwks_min_refresh_seconds=0))
+    auth = Authenticator(AuthSettings(jwks_url=jwks_server.url, jwks_min_refresh_s=0))
     rotated = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwks_server.document = _jwks(("r1", rsa_key, "RS256"), ("r2", rotated, "RS256"))
     token = mint_token(rotated, sub="alice", algorithm="RS256", kid="r2")
@@ -345,11 +354,47 @@ def test_jwks_url_refetch_for_unknown_kids_is_rate_limited(
     jwks_server: _JWKSServer, rsa_key: Any
 ) -> None:
     jwks_server.document = _jwks(("r1", rsa_key, "RS256"))
-    auth = Authenticator(AuthConfig(jwks_url=jwks_server.url, jwks_min_refresh_seconds=60))
+    auth = Authenticator(AuthSettings(jwks_url=jwks_server.url, jwks_min_refresh_s=60))
     for kid in ("x1", "x2", "x3"):
         token = mint_token(rsa_key, sub="alice", algorithm="RS256", kid=kid)
         assert _reject(auth, f"Bearer {token}").code == "unknown_key"
     assert jwks_server.hits == 1  # the start-up fetch only
+
+
+def test_failed_jwks_fetches_are_rate_limited_too(jwks_server: _JWKSServer, rsa_key: Any) -> None:
+    jwks_server.status = 500
+    auth = Authenticator(AuthSettings(jwks_url=jwks_server.url, jwks_min_refresh_s=60))
+    for kid in ("r1", "r2"):
+        token = mint_token(rsa_key, sub="alice", algorithm="RS256", kid=kid)
+        assert _reject(auth, f"Bearer {token}").code == "unknown_key"
+    assert jwks_server.hits == 1
+
+
+def test_jwks_document_over_a_mebibyte_is_not_used(jwks_server: _JWKSServer, rsa_key: Any) -> None:
+    jwks_server.document = {**_jwks(("r1", rsa_key, "RS256")), "padding": "x" * (1 << 20)}
+    auth = Authenticator(AuthSettings(jwks_url=jwks_server.url))
+    token = mint_token(rsa_key, sub="alice", algorithm="RS256", kid="r1")
+    assert _reject(auth, f"Bearer {token}").code == "unknown_key"
+
+
+async def test_new_kid_on_an_event_loop_is_fetched_without_waiting(
+    jwks_server: _JWKSServer, rsa_key: Any
+) -> None:
+    jwks_server.document = _jwks(("r1", rsa_key, "RS256"))
+    auth = Authenticator(AuthSettings(jwks_url=jwks_server.url, jwks_min_refresh_s=0))
+    rotated = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks_server.document = _jwks(("r1", rsa_key, "RS256"), ("r2", rotated, "RS256"))
+    jwks_server.delay_s = 1.0
+    token = mint_token(rotated, sub="alice", algorithm="RS256", kid="r2")
+    started = time.monotonic()
+    # Refused at once while the key set is fetched on a worker thread, then accepted.
+    assert _reject(auth, f"Bearer {token}").code == "unknown_key"
+    assert time.monotonic() - started < 0.5
+    deadline = time.monotonic() + 5
+    while _refused(auth, token) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert auth.authenticate(f"Bearer {token}").sub == "alice"
+    assert jwks_server.hits == 2
 
 
 def test_model_patterns_allow_matching_and_deny_other_models() -> None:
@@ -384,11 +429,60 @@ def test_verified_token_is_served_from_the_cache() -> None:
 
 
 def test_cached_token_is_rejected_once_it_expires() -> None:
-    auth = _hs_auth(leeway_seconds=0, token_cache_seconds=3600)
+    auth = _hs_auth(leeway_s=0, token_cache_s=3600)
     token = jwt.encode(_claims(exp=int(time.time()) + 1), SECRET, algorithm="HS256")
     assert auth.authenticate(f"Bearer {token}").sub == "alice"
-    time.sleep(max(0.0, int(time.time()) + 1 - time.time()) + 0.05)
+    assert wait_for(lambda: _refused(auth, token), timeout=3)
     assert _reject(auth, f"Bearer {token}").code == "expired_token"
+
+
+def _refused(auth: Authenticator, token: str) -> bool:
+    try:
+        auth.authenticate(f"Bearer {token}")
+    except AuthError:
+        return True
+    return False
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """The environment without LOCALMOE_* settings from outside, and an HS256 secret."""
+    for name in [n for n in os.environ if n.startswith("LOCALMOE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("LOCALMOE_AUTH__JWT_SECRET", SECRET)
+    return monkeypatch
+
+
+def test_token_cache_time_comes_from_the_environment(env: pytest.MonkeyPatch) -> None:
+    token = f"Bearer {mint_token(SECRET, sub='alice')}"
+    env.setenv("LOCALMOE_AUTH__TOKEN_CACHE_S", "0.2")
+    auth = keys.authenticator(Settings())
+    assert auth is not None
+    first = auth.authenticate(token)
+    assert auth.authenticate(token) is first
+    assert wait_for(lambda: auth.authenticate(token) is not first, timeout=3)  # verified again
+
+
+def test_leeway_comes_from_the_environment(env: pytest.MonkeyPatch) -> None:
+    token = jwt.encode(_claims(exp=int(time.time()) - 90), SECRET, algorithm="HS256")
+    default = keys.authenticator(Settings())
+    assert default is not None and _reject(default, f"Bearer {token}").code == "expired_token"
+    env.setenv("LOCALMOE_AUTH__LEEWAY_S", "120")
+    lenient = keys.authenticator(Settings())
+    assert lenient is not None and lenient.authenticate(f"Bearer {token}").sub == "alice"
+
+
+def test_token_cache_size_zero_verifies_every_time() -> None:
+    auth = _hs_auth(token_cache_size=0)
+    token = f"Bearer {mint_token(SECRET, sub='alice')}"
+    assert auth.authenticate(token) is not auth.authenticate(token)
+
+
+def test_claim_names_come_from_the_settings() -> None:
+    token = mint_token(SECRET, sub="alice", extra_claims={"org": "acme", "https://x/rpm": 7})
+    auth = _hs_auth(tenant_claim="org", rpm_claim="https://x/rpm")
+    principal = auth.authenticate(f"Bearer {token}")
+    assert (principal.tenant, principal.rpm) == ("acme", 7)
 
 
 def test_token_cache_is_bounded() -> None:
@@ -405,7 +499,7 @@ def test_dev_secret_is_created_with_mode_0600_and_reused(tmp_path: Path) -> None
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_or_create_dev_secret(path) == secret
     token = mint_token(secret, sub="dev")
-    assert Authenticator(AuthConfig(hs256_secret=secret)).authenticate(f"Bearer {token}")
+    assert Authenticator(AuthSettings(), secret=secret).authenticate(f"Bearer {token}")
 
 
 def test_dev_secret_with_loose_permissions_is_tightened(tmp_path: Path) -> None:
@@ -416,11 +510,11 @@ def test_dev_secret_with_loose_permissions_is_tightened(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_config_needs_exactly_one_key_source(tmp_path: Path) -> None:
+def test_authenticator_needs_exactly_one_key() -> None:
     with pytest.raises(ValueError):
-        AuthConfig()
+        Authenticator(AuthSettings())
     with pytest.raises(ValueError):
-        AuthConfig(hs256_secret=SECRET, jwks_url="https://idp/jwks.json")
+        Authenticator(AuthSettings(jwt_secret=SECRET, jwks_url="https://idp/jwks.json"))
 
 
 @pytest.mark.parametrize(

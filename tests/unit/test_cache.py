@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 import redis
@@ -18,6 +19,7 @@ from gateway.policy.cache import (
     cache_key,
     is_cacheable,
 )
+from gateway.settings import CacheSettings
 
 CHAT = {
     "model": "tiny-moe",
@@ -34,6 +36,20 @@ ANSWER = CachedCompletion(
     prompt_tokens=5,
     completion_tokens=2,
 )
+
+
+async def _eventually(condition: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> bool:
+    """Await `condition()` every 20 ms until it is true or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def _missing(cache: ResponseCache, key: str) -> bool:
+    return await cache.get(key) is None
 
 
 def _key(request: dict, tenant: str | None = "acme", model: str = "tiny-moe") -> str:
@@ -155,27 +171,28 @@ def test_completion_round_trips_through_bytes() -> None:
 
 
 async def test_put_then_get_hits_in_process() -> None:
-    cache = ResponseCache(max_entries=10, ttl_seconds=60)
+    cache = ResponseCache(CacheSettings(max_entries=10, ttl_s=60))
     assert await cache.get("k") is None
     await cache.put("k", ANSWER)
     assert await cache.get("k") == ANSWER
 
 
 async def test_tenant_cannot_read_another_tenants_entry() -> None:
-    cache = ResponseCache(max_entries=10, ttl_seconds=60)
+    cache = ResponseCache(CacheSettings(max_entries=10, ttl_s=60))
     await cache.put(_key(CHAT, tenant="acme"), ANSWER)
     assert await cache.get(_key(CHAT, tenant="globex")) is None
 
 
 async def test_entry_expires_after_ttl() -> None:
-    cache = ResponseCache(max_entries=10, ttl_seconds=0.2)
+    cache = ResponseCache(CacheSettings(max_entries=10, ttl_s=0.2))
+    stored = time.monotonic()
     await cache.put("k", ANSWER)
-    await asyncio.sleep(0.25)
-    assert await cache.get("k") is None
+    assert await _eventually(lambda: _missing(cache, "k"))
+    assert time.monotonic() - stored >= 0.2
 
 
 async def test_least_recently_used_entry_is_evicted() -> None:
-    cache = ResponseCache(max_entries=2, ttl_seconds=60)
+    cache = ResponseCache(CacheSettings(max_entries=2, ttl_s=60))
     await cache.put("a", ANSWER)
     await cache.put("b", ANSWER)
     await cache.get("a")
@@ -188,8 +205,8 @@ async def test_least_recently_used_entry_is_evicted() -> None:
 async def test_entry_stored_by_one_instance_is_hit_by_another_through_redis(
     redis_url: str,
 ) -> None:
-    writer = ResponseCache(ttl_seconds=60, redis_url=redis_url)
-    reader = ResponseCache(ttl_seconds=60, redis_url=redis_url)
+    writer = ResponseCache(CacheSettings(ttl_s=60), redis_url=redis_url)
+    reader = ResponseCache(CacheSettings(ttl_s=60), redis_url=redis_url)
     before = _metric("localmoe_cache_lookups_total", result="redis_hit")
     try:
         await writer.put(_key(CHAT), ANSWER)
@@ -201,25 +218,25 @@ async def test_entry_stored_by_one_instance_is_hit_by_another_through_redis(
 
 
 async def test_redis_entry_expires_with_the_ttl(redis_url: str) -> None:
-    writer = ResponseCache(ttl_seconds=0.3, redis_url=redis_url)
-    reader = ResponseCache(ttl_seconds=0.3, redis_url=redis_url)
+    writer = ResponseCache(CacheSettings(ttl_s=0.3), redis_url=redis_url)
+    reader = ResponseCache(CacheSettings(ttl_s=0.3), redis_url=redis_url)
     try:
+        stored = time.monotonic()
         await writer.put("k", ANSWER)
-        await asyncio.sleep(0.35)
-        assert await reader.get("k") is None
+        assert await _eventually(lambda: _missing(reader, "k"))
+        assert time.monotonic() - stored >= 0.3
     finally:
         await writer.aclose()
         await reader.aclose()
 
 
 async def test_entry_pulled_from_redis_keeps_its_original_expiry(redis_url: str) -> None:
-    writer = ResponseCache(ttl_seconds=0.4, redis_url=redis_url)
-    reader = ResponseCache(ttl_seconds=60, redis_url=redis_url)
+    writer = ResponseCache(CacheSettings(ttl_s=0.4), redis_url=redis_url)
+    reader = ResponseCache(CacheSettings(ttl_s=60), redis_url=redis_url)
     try:
         await writer.put("k", ANSWER)
-        assert await reader.get("k") == ANSWER  # now also in the reader's LRU
-        await asyncio.sleep(0.45)
-        assert await reader.get("k") is None
+        assert await reader.get("k") == ANSWER  # now also in the reader's LRU, for 0.4 s
+        assert await _eventually(lambda: _missing(reader, "k"))
     finally:
         await writer.aclose()
         await reader.aclose()
@@ -229,7 +246,7 @@ async def test_unreadable_redis_entry_is_a_miss(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     client.set("localmoe:cache:k", b"not json")
     client.close()
-    cache = ResponseCache(redis_url=redis_url)
+    cache = ResponseCache(CacheSettings(), redis_url=redis_url)
     try:
         assert await cache.get("k") is None
     finally:
@@ -237,7 +254,7 @@ async def test_unreadable_redis_entry_is_a_miss(redis_url: str) -> None:
 
 
 async def test_redis_down_is_a_miss_not_an_error(own_redis: RedisServer) -> None:
-    cache = ResponseCache(ttl_seconds=60, redis_url=own_redis.url)
+    cache = ResponseCache(CacheSettings(ttl_s=60), redis_url=own_redis.url)
     own_redis.kill()
     before = _metric("localmoe_cache_storage_errors_total")
     try:
@@ -250,24 +267,25 @@ async def test_redis_down_is_a_miss_not_an_error(own_redis: RedisServer) -> None
 
 
 async def test_cache_uses_redis_again_after_it_restarts(own_redis: RedisServer) -> None:
-    cache = ResponseCache(ttl_seconds=60, redis_url=own_redis.url, redis_retry_seconds=0.1)
+    cache = ResponseCache(CacheSettings(ttl_s=60, redis_retry_s=0.1), redis_url=own_redis.url)
+    client = redis.Redis.from_url(own_redis.url)
     try:
         own_redis.kill()
         assert await cache.get("k") is None
         own_redis.start()
-        await asyncio.sleep(0.15)
-        await cache.put("k", ANSWER)
-    finally:
-        await cache.aclose()
-    client = redis.Redis.from_url(own_redis.url)
-    try:
-        assert client.exists("localmoe:cache:k") == 1
+
+        async def stored_in_redis() -> bool:
+            await cache.put("k", ANSWER)  # in process only until the cache tries Redis again
+            return client.exists("localmoe:cache:k") == 1
+
+        assert await _eventually(stored_in_redis)
     finally:
         client.close()
+        await cache.aclose()
 
 
 async def test_in_process_hit_including_key_costs_well_under_a_millisecond() -> None:
-    cache = ResponseCache()
+    cache = ResponseCache(CacheSettings())
     await cache.put(_key(CHAT), ANSWER)
     samples = []
     for _ in range(500):

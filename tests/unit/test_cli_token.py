@@ -9,7 +9,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.cli import main
-from gateway.policy.auth import AuthConfig, Authenticator, Principal, default_dev_secret_path
+from gateway.policy.auth import Authenticator, Principal, default_dev_secret_path
+from gateway.settings import AuthSettings
 
 SECRET = "cli-test-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -30,8 +31,8 @@ def _token(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     return capsys.readouterr().out.splitlines()[-1]
 
 
-def _verify(token: str, **config: object) -> Principal:
-    return Authenticator(AuthConfig(**config)).authenticate(f"Bearer {token}")  # type: ignore[arg-type]
+def _verify(token: str, **settings: object) -> Principal:
+    return Authenticator(AuthSettings(**settings)).authenticate(f"Bearer {token}")  # type: ignore[arg-type]
 
 
 def test_token_carries_the_requested_claims(
@@ -51,7 +52,7 @@ def test_token_carries_the_requested_claims(
         "--tpm",
         "900",
     )
-    principal = _verify(token, hs256_secret=SECRET)
+    principal = _verify(token, jwt_secret=SECRET)
     assert (principal.sub, principal.tenant, principal.models) == ("alice", "acme", ("a", "b-*"))
     assert (principal.rpm, principal.tpm) == (5, 900)
 
@@ -60,7 +61,7 @@ def test_ttl_sets_the_expiry(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LOCALMOE_AUTH__JWT_SECRET", SECRET)
-    claims = _verify(_token(capsys, "--sub", "a", "--ttl", "1h30m"), hs256_secret=SECRET).claims
+    claims = _verify(_token(capsys, "--sub", "a", "--ttl", "1h30m"), jwt_secret=SECRET).claims
     assert claims["exp"] - claims["iat"] == 5400
 
 
@@ -71,7 +72,7 @@ def test_token_carries_the_configured_issuer_and_audience(
     monkeypatch.setenv("LOCALMOE_AUTH__ISSUER", "me")
     monkeypatch.setenv("LOCALMOE_AUTH__AUDIENCE", "gw")
     token = _token(capsys, "--sub", "a")
-    assert _verify(token, hs256_secret=SECRET, issuer="me", audience="gw").sub == "a"
+    assert _verify(token, jwt_secret=SECRET, issuer="me", audience="gw").sub == "a"
 
 
 def test_without_a_key_the_token_is_signed_with_the_dev_secret(
@@ -79,7 +80,7 @@ def test_without_a_key_the_token_is_signed_with_the_dev_secret(
 ) -> None:
     token = _token(capsys, "--sub", "dev")
     secret = default_dev_secret_path().read_text().strip()
-    assert _verify(token, hs256_secret=secret).sub == "dev"
+    assert _verify(token, jwt_secret=secret).sub == "dev"
 
 
 def test_private_key_in_jwt_public_key_file_signs_es256(
@@ -94,7 +95,9 @@ def test_private_key_in_jwt_public_key_file_signs_es256(
     (tmp_path / "key.pem").write_bytes(pem)
     monkeypatch.setenv("LOCALMOE_AUTH__JWT_PUBLIC_KEY_FILE", str(tmp_path / "key.pem"))
     token = _token(capsys, "--sub", "svc")
-    assert _verify(token, public_key_file=tmp_path / "key.pem", algorithms=("ES256",)).sub == "svc"
+    assert (
+        _verify(token, jwt_public_key_file=tmp_path / "key.pem", algorithms=["ES256"]).sub == "svc"
+    )
 
 
 def test_public_key_alone_cannot_sign(
