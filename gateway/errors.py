@@ -126,7 +126,9 @@ class LimitsUnavailable(GatewayError):
 
 
 class UpstreamUnavailable(GatewayError):
-    """No Triton upstream is ready, or the model is not loaded there (503)."""
+    """No Triton upstream is ready, or the model is not loaded there (503); clients retry after
+    `Retry-After` seconds (the health checks' pace)."""
 
     status = 503
     code = "upstream_unavailable"
+    headers = {"Retry-After": "1"}  # noqa: RUF012  # read-only: instances replace it, never mutate

@@ -11,7 +11,7 @@ from http import HTTPStatus
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -61,8 +61,8 @@ def invalid_body(exc: ValidationError, body: bytes) -> InvalidRequest:
     return InvalidRequest(f"Invalid value for '{param}': {error['msg']}.", param=param)
 
 
-def install(app: FastAPI) -> None:
-    """Route framework-raised errors through the OpenAI error shape."""
+def handlers() -> dict[type[Exception], Any]:
+    """Exception handlers that route framework-raised errors through the OpenAI error shape."""
 
     async def on_gateway_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, GatewayError)
@@ -89,9 +89,11 @@ def install(app: FastAPI) -> None:
         param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
         return error_response(InvalidRequest(str(first.get("msg", "invalid request")), param=param))
 
-    app.add_exception_handler(GatewayError, on_gateway_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(RequestValidationError, on_request_validation)
+    return {
+        GatewayError: on_gateway_error,
+        StarletteHTTPException: on_http_error,
+        RequestValidationError: on_request_validation,
+    }
 
 
 def _param(loc: tuple[Any, ...], body: bytes, *, include_last: bool) -> str:

@@ -14,21 +14,20 @@ up: the engine's work is cancelled, and with it the Triton request.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable
 from typing import TypeVar
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive
 
 from gateway.api import sse
 from gateway.api.access import admit, authenticate, call_context
 from gateway.api.error_responses import error_response, invalid_body
 from gateway.core.protocol import ChatCompletionRequest, CompletionRequest, HealthStatus, ModelList
-from gateway.core.service import LLMEngine
-from gateway.errors import GatewayError, ModelNotFound, UpstreamError, UpstreamUnavailable
+from gateway.core.service import Service
+from gateway.errors import ModelNotFound, UpstreamError, UpstreamUnavailable
 
 T = TypeVar("T")
 R = TypeVar("R", bound=BaseModel)
@@ -44,7 +43,7 @@ health = APIRouter(prefix="/health")
 async def list_models(request: Request) -> Response:
     """The served models this caller may use."""
     principal = authenticate(request)
-    models = _engine(request).models()
+    models = _service(request).models()
     if principal.models is not None:
         models = [m for m in models if principal.allows_model(m.id)]
     return _json(ModelList(data=models))
@@ -55,66 +54,29 @@ async def retrieve_model(model_id: str, request: Request) -> Response:
     """One model, or 404 `model_not_found`."""
     if not authenticate(request).allows_model(model_id):
         raise ModelNotFound(model_id)
-    return _json(_engine(request).model(model_id))
+    return _json(_service(request).model(model_id))
 
 
+@v1.post("/chat/completions")
 async def create_chat_completion(request: Request) -> Response:
     """OpenAI chat completions, streamed or not."""
     await admit(request, authenticate(request))
     body = await _parse(request, ChatCompletionRequest)
-    engine, ctx = _engine(request), call_context(request)
+    service, ctx = _service(request), call_context(request)
     if body.stream:
-        return await _stream(request, engine.chat_stream(body, ctx))
-    return await _respond(request, engine.chat(body, ctx))
+        return await _stream(request, service.chat_stream(body, ctx))
+    return await _respond(request, service.chat(body, ctx))
 
 
+@v1.post("/completions")
 async def create_completion(request: Request) -> Response:
     """OpenAI (legacy) text completions, streamed or not."""
     await admit(request, authenticate(request))
     body = await _parse(request, CompletionRequest)
-    engine, ctx = _engine(request), call_context(request)
+    service, ctx = _service(request), call_context(request)
     if body.stream:
-        return await _stream(request, engine.completion_stream(body, ctx))
-    return await _respond(request, engine.completion(body, ctx))
-
-
-# The generation routes skip FastAPI: its routing, parameter resolution and middleware stack cost
-# more per request than authenticating, rate limiting and validating together, and these routes
-# use none of it (they parse their own bodies). `generation_app` serves them straight behind the
-# gateway's own middleware (see `api.app`); as Starlette routes they also stay in the app's
-# router, which answers other methods on their paths with 405. They are not on the OpenAPI page.
-def _post(path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> Route:
-    route = Route(path, endpoint, methods=["POST"])
-    handle = route.app
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        scope["route"] = route  # as FastAPI's routes do: the request metrics are labelled by it
-        await handle(scope, receive, send)
-
-    route.app = app
-    return route
-
-
-generation = [
-    _post("/v1/chat/completions", create_chat_completion),
-    _post("/v1/completions", create_completion),
-]
-_GENERATION = {route.path: route for route in generation}
-
-
-def is_generation(scope: Scope) -> bool:
-    """Whether `generation_app` serves this request."""
-    return scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in _GENERATION
-
-
-async def generation_app(scope: Scope, receive: Receive, send: Send) -> None:
-    """The generation routes as one ASGI app; errors become OpenAI errors here."""
-    route = scope["route"] = _GENERATION[scope["path"]]
-    try:
-        response = await route.endpoint(Request(scope, receive))
-    except GatewayError as exc:
-        response = error_response(exc)
-    await response(scope, receive, send)
+        return await _stream(request, service.completion_stream(body, ctx))
+    return await _respond(request, service.completion(body, ctx))
 
 
 @health.get("/live")
@@ -126,13 +88,13 @@ async def live() -> Response:
 @health.get("/ready")
 async def ready(request: Request) -> Response:
     """A model is known and a Triton upstream is ready; 503 otherwise."""
-    if not _engine(request).ready():
+    if not _service(request).ready():
         return error_response(UpstreamUnavailable("No Triton upstream is ready."))
     return _json(HealthStatus(status="ready"))
 
 
-def _engine(request: Request) -> LLMEngine:
-    return request.app.state.engine
+def _service(request: Request) -> Service:
+    return request.app.state.service
 
 
 async def _parse(request: Request, model: type[R]) -> R:

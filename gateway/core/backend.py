@@ -13,7 +13,7 @@ from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
-class SamplingParams:
+class SamplingOptions:
     """Engine-neutral sampling settings; defaults mean "not requested"."""
 
     max_tokens: int
@@ -35,7 +35,7 @@ class GenerationRequest:
     """One prompt, one sample."""
 
     prompt: str
-    params: SamplingParams
+    params: SamplingOptions
     request_id: str = ""
     stream: bool = True
     """Deltas as they are generated; else one delta with the whole text (fewer responses)."""

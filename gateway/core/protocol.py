@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import to_json
 
 FinishReason = Literal["stop", "length"]
+Prompt = str | list[str] | list[int] | list[list[int]]
+"""A completion prompt: text, texts, token ids, or lists of token ids."""
 
 
 def _is_none(value: object) -> bool:
@@ -42,11 +44,23 @@ class ContentPart(_Request):
     text: str | None = None
 
 
+class FunctionCall(_Request):
+    name: str
+    arguments: str
+    """JSON text, as the model wrote it."""
+
+
+class ToolCall(_Request):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
 
 
@@ -86,7 +100,7 @@ class ChatCompletionRequest(_Request):
 
 class CompletionRequest(_Request):
     model: str
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Prompt
     max_tokens: int | None = 16
     temperature: float | None = 1.0
     top_p: float | None = 1.0

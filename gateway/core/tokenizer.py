@@ -25,6 +25,8 @@ class PromptTokenizer:
             # A prefix space may start every piece between added tokens: one more token a byte.
             self._expansion *= 2
         self._specials = tokenizer.num_special_tokens_to_add(False)
+        # The most UTF-8 bytes one token may stand for (×3: a normaliser may shrink the text).
+        self._max_token_bytes = 3 * max(len(t.encode()) for t in tokenizer.get_vocab(True))
 
     @classmethod
     def from_dir(cls, model_dir: Path) -> PromptTokenizer:
@@ -49,6 +51,11 @@ class PromptTokenizer:
             return None
         specials = self._specials if add_special_tokens else 0
         return self._expansion * len(text.encode()) + specials + 1
+
+    def floor(self, text: str) -> int:
+        """A lower bound on the token count of `text`, from its length alone: a prompt whose
+        floor overflows the context is refused without tokenising it (megabytes cost seconds)."""
+        return len(text.encode()) // self._max_token_bytes
 
     async def count_async(self, text: str, *, add_special_tokens: bool) -> int:
         """`count` that keeps long prompts off the event loop."""

@@ -1,5 +1,5 @@
 """Validation: one stage, before any template or Triton work, that rejects a request with a 400
-naming the parameter and the reason; then the mapping of what passed to `SamplingParams`.
+naming the parameter and the reason; then the mapping of what passed to `SamplingOptions`.
 
 Types were already enforced when the body was parsed (`gateway.core.protocol`); this checks values,
 combinations, and what this engine cannot do (rather than silently ignoring it).
@@ -10,41 +10,25 @@ from __future__ import annotations
 import math
 from typing import Any, NoReturn
 
-from gateway.core.backend import SamplingParams
-from gateway.core.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.core.backend import SamplingOptions
+from gateway.core.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, Prompt
 from gateway.errors import ContextLengthExceeded, InvalidRequest
-from gateway.settings import Settings
+from gateway.settings import RequestSettings
 
 _MAX_TOP_LOGPROBS = 20
 _MAX_COMPLETION_LOGPROBS = 5
 
-Request = ChatCompletionRequest | CompletionRequest
+OpenAIRequest = ChatCompletionRequest | CompletionRequest
 
 
-def check_chat(request: ChatCompletionRequest, settings: Settings) -> None:
+def check_chat(request: ChatCompletionRequest, limits: RequestSettings) -> None:
     """Reject a chat request whose values this gateway cannot honour."""
-    if not request.messages:
-        raise InvalidRequest("'messages' must contain at least one message.", param="messages")
-    limit = settings.requests.max_messages
-    if limit is not None and len(request.messages) > limit:
+    _check_messages(request.messages, limits)
+    if request.tools is not None and len(request.tools) > limits.max_tools:
         raise InvalidRequest(
-            f"'messages' may hold at most {limit} messages on this server, "
-            f"got {len(request.messages)}.",
-            param="messages",
+            f"'tools' may hold at most {limits.max_tools} entries, got {len(request.tools)}.",
+            param="tools",
         )
-    for i, message in enumerate(request.messages):
-        if isinstance(message.content, list):
-            for j, part in enumerate(message.content):
-                if part.type != "text" or part.text is None:
-                    raise InvalidRequest(
-                        f"Content parts of type '{part.type}' are not supported by this model; "
-                        "only 'text' parts are.",
-                        param=f"messages[{i}].content[{j}].type",
-                    )
-        elif message.content is None and message.role in ("system", "developer", "user"):
-            raise InvalidRequest(
-                f"A '{message.role}' message needs 'content'.", param=f"messages[{i}].content"
-            )
     if request.max_completion_tokens is not None:
         _at_least("max_completion_tokens", request.max_completion_tokens, 1)
     if request.max_tokens is not None:
@@ -64,17 +48,12 @@ def check_chat(request: ChatCompletionRequest, settings: Settings) -> None:
         _unsupported("response_format", f"type '{request.response_format.type}'")
     if request.tool_choice not in (None, "none", "auto"):
         _unsupported("tool_choice", "this gateway does not parse tool calls")
-    _check_common(request, settings)
+    _check_common(request, limits, generations=request.n or 1)
 
 
-def check_completion(request: CompletionRequest, settings: Settings) -> None:
+def check_completion(request: CompletionRequest, limits: RequestSettings) -> None:
     """Reject a completion request whose values this gateway cannot honour."""
-    prompt = request.prompt
-    if isinstance(prompt, list):
-        if not prompt:
-            raise InvalidRequest("'prompt' must not be an empty list.", param="prompt")
-        if not isinstance(prompt[0], str):
-            _unsupported("prompt", "token-id prompts; send the prompt as text")
+    prompts = _check_prompts(request.prompt, limits)
     if request.max_tokens is not None:
         _at_least("max_tokens", request.max_tokens, 1)
     if request.logprobs is not None:
@@ -89,7 +68,7 @@ def check_completion(request: CompletionRequest, settings: Settings) -> None:
         _unsupported("suffix", "insertion (suffix) completions")
     if request.best_of is not None and request.best_of != (request.n or 1):
         _unsupported("best_of", "best_of other than n")
-    _check_common(request, settings)
+    _check_common(request, limits, generations=prompts * (request.n or 1))
 
 
 def chat_messages(request: ChatCompletionRequest) -> list[dict[str, Any]]:
@@ -99,18 +78,20 @@ def chat_messages(request: ChatCompletionRequest) -> list[dict[str, Any]]:
         content = message.content
         if isinstance(content, list):
             content = "\n".join(part.text or "" for part in content)
-        entry: dict[str, Any] = {"role": message.role, "content": content}
+        # `developer` is OpenAI's newer name for `system`; chat templates know only `system`.
+        role = "system" if message.role == "developer" else message.role
+        entry: dict[str, Any] = {"role": role, "content": content}
         if message.name is not None:
             entry["name"] = message.name
         if message.tool_calls is not None:
-            entry["tool_calls"] = message.tool_calls
+            entry["tool_calls"] = [call.model_dump() for call in message.tool_calls]
         if message.tool_call_id is not None:
             entry["tool_call_id"] = message.tool_call_id
         messages.append(entry)
     return messages
 
 
-def requested_max_tokens(request: Request) -> int | None:
+def requested_max_tokens(request: OpenAIRequest) -> int | None:
     """The completion budget the client asked for, if any."""
     if isinstance(request, ChatCompletionRequest) and request.max_completion_tokens is not None:
         return request.max_completion_tokens
@@ -149,10 +130,10 @@ def fit_context(
     return max_tokens
 
 
-def sampling_params(request: Request, max_tokens: int, *, logprobs: bool) -> SamplingParams:
+def sampling_options(request: OpenAIRequest, max_tokens: int, *, logprobs: bool) -> SamplingOptions:
     """The engine-neutral sampling settings of a validated request."""
     stop = request.stop
-    return SamplingParams(
+    return SamplingOptions(
         max_tokens=max_tokens,
         temperature=1.0 if request.temperature is None else request.temperature,
         top_p=1.0 if request.top_p is None else request.top_p,
@@ -168,7 +149,73 @@ def sampling_params(request: Request, max_tokens: int, *, logprobs: bool) -> Sam
     )
 
 
-def _check_common(request: Request, settings: Settings) -> None:
+def _check_messages(messages: list[ChatMessage], limits: RequestSettings) -> None:
+    if not messages:
+        raise InvalidRequest("'messages' must contain at least one message.", param="messages")
+    if limits.max_messages is not None and len(messages) > limits.max_messages:
+        raise InvalidRequest(
+            f"'messages' may hold at most {limits.max_messages} messages on this server, "
+            f"got {len(messages)}.",
+            param="messages",
+        )
+    for i, message in enumerate(messages):
+        _check_message(i, message)
+
+
+def _check_message(i: int, message: ChatMessage) -> None:
+    # OpenAI's rules for which fields each role needs.
+    where = f"messages[{i}]"
+    if isinstance(message.content, list):
+        for j, part in enumerate(message.content):
+            if part.type != "text" or part.text is None:
+                raise InvalidRequest(
+                    f"Content parts of type '{part.type}' are not supported by this model; "
+                    "only 'text' parts are.",
+                    param=f"{where}.content[{j}].type",
+                )
+    role = message.role
+    if message.content is None and role in ("system", "developer", "user", "tool"):
+        raise InvalidRequest(f"A '{role}' message needs 'content'.", param=f"{where}.content")
+    if role == "assistant" and message.content is None and not message.tool_calls:
+        raise InvalidRequest(
+            "An 'assistant' message needs 'content' or 'tool_calls'.", param=f"{where}.content"
+        )
+    if role == "tool" and not message.tool_call_id:
+        raise InvalidRequest(
+            "A 'tool' message needs the 'tool_call_id' it answers.", param=f"{where}.tool_call_id"
+        )
+    if role == "function" and not message.name:
+        raise InvalidRequest("A 'function' message needs 'name'.", param=f"{where}.name")
+    if message.tool_calls is not None and role != "assistant":
+        raise InvalidRequest(
+            "Only 'assistant' messages carry 'tool_calls'.", param=f"{where}.tool_calls"
+        )
+
+
+def _check_prompts(prompt: Prompt, limits: RequestSettings) -> int:
+    """The number of prompts, once each is a non-empty string and there are not too many."""
+    if isinstance(prompt, str):
+        prompts: list[Any] = [prompt]
+    else:
+        prompts = prompt
+        if not prompts:
+            raise InvalidRequest("'prompt' must not be an empty list.", param="prompt")
+        if len(prompts) > limits.max_prompts:
+            raise InvalidRequest(
+                f"'prompt' may hold at most {limits.max_prompts} prompts on this server, "
+                f"got {len(prompts)}.",
+                param="prompt",
+            )
+        if not isinstance(prompts[0], str):
+            _unsupported("prompt", "token-id prompts; send the prompt as text")
+    for i, text in enumerate(prompts):
+        if text == "":
+            param = "prompt" if isinstance(prompt, str) else f"prompt[{i}]"
+            raise InvalidRequest("A prompt must not be empty.", param=param)
+    return len(prompts)
+
+
+def _check_common(request: OpenAIRequest, limits: RequestSettings, *, generations: int) -> None:
     if not request.model:
         raise InvalidRequest("'model' must not be empty.", param="model")
     if request.temperature is not None:
@@ -176,14 +223,19 @@ def _check_common(request: Request, settings: Settings) -> None:
     if request.top_p is not None and not 0.0 < request.top_p <= 1.0:
         raise InvalidRequest(f"'top_p' must be in (0, 1], got {request.top_p}.", param="top_p")
     if request.n is not None:
-        _between("n", request.n, 1, settings.requests.max_n)
-    if settings.requests.max_tokens is not None:
+        _between("n", request.n, 1, limits.max_n)
+    if generations > limits.max_generations:
+        raise InvalidRequest(
+            f"This request asks for {generations} generations (prompts × n); this server "
+            f"allows at most {limits.max_generations} per request.",
+            param="n",
+        )
+    if limits.max_tokens is not None:
         for name in ("max_tokens", "max_completion_tokens"):
             value = getattr(request, name, None)
-            if value is not None and value > settings.requests.max_tokens:
+            if value is not None and value > limits.max_tokens:
                 raise InvalidRequest(
-                    f"'{name}' may be at most {settings.requests.max_tokens} on this server, "
-                    f"got {value}.",
+                    f"'{name}' may be at most {limits.max_tokens} on this server, got {value}.",
                     param=name,
                 )
     if request.top_k is not None:
@@ -207,7 +259,7 @@ def _check_common(request: Request, settings: Settings) -> None:
                 f"'min_tokens' ({request.min_tokens}) must not exceed 'max_tokens' ({budget}).",
                 param="min_tokens",
             )
-    _check_stop(request.stop, settings.requests.max_stop)
+    _check_stop(request.stop, limits.max_stop)
     if request.logit_bias:
         _unsupported("logit_bias", "logit bias")
     if request.stream_options is not None and not request.stream:

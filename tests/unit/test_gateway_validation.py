@@ -1,5 +1,5 @@
 """The validation stage: each rejection is a 400 naming the parameter; what passes maps to
-`SamplingParams` without losing anything."""
+`SamplingOptions` without losing anything."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from gateway.core import validation
 from gateway.core.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.errors import ContextLengthExceeded, InvalidRequest
-from gateway.settings import Settings
+from gateway.settings import RequestSettings
 
-SETTINGS = Settings(requests={"max_n": 4})
+LIMITS = RequestSettings(max_n=4)
 
 
 def chat(**fields: Any) -> ChatCompletionRequest:
@@ -58,7 +58,7 @@ def completion(**fields: Any) -> CompletionRequest:
 )
 def test_chat_rejections_name_the_parameter(fields: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequest) as exc:
-        validation.check_chat(chat(**fields), SETTINGS)
+        validation.check_chat(chat(**fields), LIMITS)
     assert exc.value.status == 400 and exc.value.param == param
 
 
@@ -75,13 +75,13 @@ def test_chat_rejections_name_the_parameter(fields: dict[str, Any], param: str) 
 )
 def test_completion_rejections_name_the_parameter(fields: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequest) as exc:
-        validation.check_completion(completion(**fields), SETTINGS)
+        validation.check_completion(completion(**fields), LIMITS)
     assert exc.value.param == param
 
 
 def test_a_typical_sdk_request_passes() -> None:
     request = chat(temperature=0, top_p=0.9, n=2, stop="\n", seed=7, max_completion_tokens=8)
-    validation.check_chat(request, SETTINGS)
+    validation.check_chat(request, LIMITS)
 
 
 def test_prompt_that_fills_the_context_is_context_length_exceeded() -> None:
@@ -104,12 +104,12 @@ def test_max_completion_tokens_wins_over_max_tokens() -> None:
     assert validation.requested_max_tokens(chat(max_tokens=50, max_completion_tokens=5)) == 5
 
 
-def test_sampling_params_carry_every_setting() -> None:
+def test_sampling_options_carry_every_setting() -> None:
     request = chat(
         temperature=0.5, top_p=0.8, top_k=20, seed=3, stop="END", presence_penalty=0.1,
         frequency_penalty=0.2, repetition_penalty=1.1, min_tokens=2, ignore_eos=True,
     )  # fmt: skip
-    params = validation.sampling_params(request, 12, logprobs=True)
+    params = validation.sampling_options(request, 12, logprobs=True)
     assert params.max_tokens == 12 and params.stop == ("END",)
     assert (params.temperature, params.top_p, params.top_k, params.seed) == (0.5, 0.8, 20, 3)
     assert (params.presence_penalty, params.frequency_penalty) == (0.1, 0.2)
@@ -126,16 +126,81 @@ def test_content_parts_are_joined_for_the_template() -> None:
 def test_more_messages_than_max_messages_is_400() -> None:
     request = chat(messages=[{"role": "user", "content": "hi"}] * 3)
     with pytest.raises(InvalidRequest) as exc:
-        validation.check_chat(request, Settings(requests={"max_messages": 2}))
+        validation.check_chat(request, RequestSettings(max_messages=2))
     assert exc.value.param == "messages" and "at most 2" in exc.value.message
 
 
 @pytest.mark.parametrize("name", ["max_tokens", "max_completion_tokens"])
 def test_max_tokens_over_max_tokens_limit_is_400(name: str) -> None:
     with pytest.raises(InvalidRequest) as exc:
-        validation.check_chat(chat(**{name: 65}), Settings(requests={"max_tokens": 64}))
+        validation.check_chat(chat(**{name: 65}), RequestSettings(max_tokens=64))
     assert exc.value.param == name
 
 
 def test_max_tokens_limit_caps_the_default_budget() -> None:
     assert validation.fit_context(100, 10, None, param="messages", cap=20) == 20
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ([{"role": "assistant", "content": None}], "messages[0].content"),
+        ([{"role": "tool", "content": "42"}], "messages[0].tool_call_id"),
+        ([{"role": "tool", "tool_call_id": "c1"}], "messages[0].content"),
+        ([{"role": "function", "content": "42"}], "messages[0].name"),
+        ([{"role": "user", "content": "hi", "tool_calls": []}], "messages[0].tool_calls"),
+        ([{"role": "developer"}], "messages[0].content"),
+    ],
+)
+def test_messages_missing_what_their_role_needs_name_the_field(
+    messages: list[dict[str, Any]], param: str
+) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        validation.check_chat(chat(messages=messages), LIMITS)
+    assert caught.value.param == param
+
+
+def test_history_with_tool_calls_and_tool_results_is_accepted() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    request = chat(
+        messages=[
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "42"},
+        ]
+    )
+    validation.check_chat(request, LIMITS)
+    messages = validation.chat_messages(request)
+    assert messages[0]["role"] == "system"  # templates know `system`, not `developer`
+    assert messages[2]["tool_calls"] == [call] and messages[3]["tool_call_id"] == "c1"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "param"), [("", "prompt"), (["a", ""], "prompt[1]"), ([""] * 3, "prompt[0]")]
+)
+def test_empty_prompts_are_refused_naming_the_prompt(prompt: Any, param: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        validation.check_completion(completion(prompt=prompt), LIMITS)
+    assert caught.value.param == param
+
+
+def test_too_many_prompts_are_refused_before_anything_else() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        validation.check_completion(completion(prompt=[""] * 100_000), RequestSettings())
+    assert caught.value.param == "prompt" and "at most 64" in caught.value.message
+
+
+def test_prompts_times_n_is_bounded() -> None:
+    limits = RequestSettings(max_n=16, max_generations=64)
+    validation.check_completion(completion(prompt=["a"] * 4, n=16), limits)
+    with pytest.raises(InvalidRequest) as caught:
+        validation.check_completion(completion(prompt=["a"] * 64, n=16), limits)
+    assert caught.value.param == "n" and "1024 generations" in caught.value.message
+
+
+def test_tools_are_bounded() -> None:
+    tool = {"type": "function", "function": {"name": "f"}}
+    with pytest.raises(InvalidRequest) as caught:
+        validation.check_chat(chat(tools=[tool] * 10_000), RequestSettings())
+    assert caught.value.param == "tools"

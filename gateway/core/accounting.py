@@ -1,0 +1,104 @@
+"""What a job's generations produced, choice by choice, and what it costs: usage and the
+charge against the caller's token budget (also when the client left half way)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.core import protocol
+from gateway.core.backend import Delta
+from gateway.core.context import TokenMeter
+from gateway.core.jobs import Job
+from gateway.errors import UpstreamError
+
+# Tasks nobody awaits (charging a client that went away) must be referenced until they finish.
+_background: set[asyncio.Task[None]] = set()
+
+
+@dataclass(slots=True)
+class Choice:
+    """One generation's output, accumulated from its deltas."""
+
+    seen: bool = False
+    chars: int = 0
+    text: list[str] = dataclasses.field(default_factory=list)
+    logprobs: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    finish_reason: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int = 0
+
+    def add(self, delta: Delta) -> None:
+        """Take in the next delta; a cancelled generation is the upstream's failure (502)."""
+        self.seen = True
+        if delta.text:
+            self.text.append(delta.text)
+            self.chars += len(delta.text)
+        if delta.logprobs:
+            self.logprobs.extend(token_logprobs(delta))
+        if delta.num_input_tokens is not None:
+            self.input_tokens = delta.num_input_tokens
+        if delta.num_output_tokens is not None:
+            self.output_tokens = delta.num_output_tokens
+        if delta.finish_reason is not None:
+            self.finish_reason = _finish_reason(delta.finish_reason)
+
+
+def token_logprobs(delta: Delta) -> list[tuple[str, float]]:
+    """The delta's tokens as (text, logprob). Triton gives the logprobs of a delta's tokens but
+    not their strings: the first carries the delta's text, so the tokens concatenate to it."""
+    return [(delta.text if i == 0 else "", lp) for i, lp in enumerate(delta.logprobs or ())]
+
+
+def usage(job: Job, choices: Sequence[Choice]) -> protocol.Usage:
+    """Prompt tokens once per prompt (not per sample), Triton's own count over ours."""
+    prompt_tokens = 0
+    for i, counted in enumerate(job.prompt_tokens):
+        reported = choices[i * job.n].input_tokens
+        if reported is None:
+            reported = counted
+        if reported is None:  # a route that does not report it, and a prompt we did not count
+            reported = job.model.tokenizer.count(
+                job.prompts[i], add_special_tokens=job.special_tokens
+            )
+        prompt_tokens += reported
+    completion_tokens = sum(c.output_tokens for c in choices)
+    return protocol.Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
+
+
+async def charge(meter: TokenMeter | None, job: Job, choices: Sequence[Choice]) -> None:
+    """Charge the tokens of the generations that started."""
+    used = _used(job, choices)
+    if meter is not None and used:
+        await meter.charge(used)
+
+
+def charge_later(meter: TokenMeter | None, job: Job, choices: Sequence[Choice]) -> None:
+    """`charge` from a request being cancelled, where an await would be cancelled too."""
+    used = _used(job, choices)
+    if meter is None or not used:
+        return
+    try:
+        task = asyncio.get_running_loop().create_task(meter.charge(used))
+    except RuntimeError:  # finalised after its event loop stopped: nothing left to charge with
+        return
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+def _used(job: Job, choices: Sequence[Choice]) -> int:
+    return usage(job, choices).total_tokens if any(c.seen for c in choices) else 0
+
+
+def _finish_reason(reason: str) -> str:
+    if reason in ("stop", "length"):
+        return reason
+    if reason == "cancelled":
+        raise UpstreamError("The generation was cancelled by the server.")
+    return "stop"
