@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import redis
 
 from gateway.local.redis import RedisServer
 from tests.gateway_fixtures import (
@@ -87,6 +88,15 @@ def redis_down(limits_redis: RedisServer) -> Iterator[RedisServer]:
 
 def _token(**claims: Any) -> str:
     return mint_test_token(f"limits-{uuid.uuid4().hex[:8]}", **claims)
+
+
+def _charged(server: RedisServer, subject: str) -> int:
+    """The tokens counted for `subject` in the current window."""
+    client = redis.Redis.from_url(server.url)
+    try:
+        return int(client.get(f"localmoe:rl:t:s:{subject}") or 0)
+    finally:
+        client.close()
 
 
 def _completion(model_id: str, **extra: Any) -> dict[str, Any]:
@@ -184,15 +194,19 @@ def test_prompt_over_the_remaining_token_budget_is_429_tokens(
     assert int(refused.headers["retry-after"]) >= 1
 
 
-def test_tokens_of_a_stream_cut_short_are_charged(open_gw: GatewayProcess, model_id: str) -> None:
-    token = _token(rpm=100, tpm=100_000)
+def test_tokens_of_a_stream_cut_short_are_charged(
+    open_gw: GatewayProcess, model_id: str, limits_redis: RedisServer
+) -> None:
+    subject = f"limits-{uuid.uuid4().hex[:8]}"
+    token = mint_test_token(subject, rpm=100, tpm=100_000)
     body = _completion(model_id, stream=True, max_tokens=200, ignore_eos=True, temperature=1.0)
     url = f"{open_gw.base_url}/completions"
     with httpx.stream("POST", url, json=body, headers=auth(token), timeout=30) as response:
         events = (line for line in response.iter_lines() if line)
         for _ in range(6):  # five tokens, then we hang up
             next(events)
-    time.sleep(1.0)  # the gateway charges in the background once it notices
+    # The gateway charges in the background once it notices, in one INCRBY.
+    assert wait_for(lambda: _charged(limits_redis, subject) > 0, timeout=10)
     after = _post(open_gw, token, _completion(model_id))
     prompt_tokens = after.json()["usage"]["prompt_tokens"]
     charged = 100_000 - int(after.headers["x-ratelimit-remaining-tokens"])
@@ -233,6 +247,18 @@ def test_fail_closed_gateway_answers_503_while_redis_is_down(
     response = _post(closed_gw, _token(rpm=100), _completion(model_id))
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "rate_limits_unavailable"
+    assert int(response.headers["retry-after"]) >= 1  # when Redis is tried again
+
+
+def test_openai_sdk_retries_a_503_after_retry_after(
+    closed_gw: GatewayProcess, model_id: str, redis_down: RedisServer
+) -> None:
+    client = openai.OpenAI(base_url=closed_gw.base_url, api_key=_token(rpm=100), max_retries=1)
+    started = time.monotonic()
+    with client, pytest.raises(openai.InternalServerError) as exc:
+        client.completions.create(model=model_id, prompt=PROMPT, max_tokens=1)
+    assert exc.value.status_code == 503
+    assert time.monotonic() - started >= 1  # it waited Retry-After, not its own 0.5 s backoff
 
 
 def test_shared_limits_resume_after_redis_restarts(
