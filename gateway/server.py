@@ -141,11 +141,11 @@ def up(settings: Settings) -> int:
             server = uvicorn.Server(_config(app, settings))
 
             async def announce() -> None:
-                engine = app.state.engine
+                service = app.state.service
                 deadline = time.monotonic() + _READY_WAIT_S
-                while not engine.ready() and time.monotonic() < deadline:
+                while not service.ready() and time.monotonic() < deadline:
                     await asyncio.sleep(0.1)
-                models = [m.id for m in engine.models()]
+                models = [m.id for m in service.models()]
                 banner = _banner(settings, models, triton.grpc_url, triton.metrics_url, api_key)
                 print(banner, flush=True)
 

@@ -157,8 +157,8 @@ class JobBuilder:
         for prompt in prompts:
             if tokenizer.floor(prompt) > model.context_length:
                 raise ContextLengthExceeded(
-                    f"This model's maximum context length is {model.context_length} tokens; "
-                    f"your {param} is far longer. Please reduce the length of the {param}.",
+                    f"This model's maximum context length is {model.context_length} tokens, "
+                    f"and the {param} alone are far longer. Please shorten the {param}.",
                     param=param,
                 )
         counts = await _count(model, prompts, special)

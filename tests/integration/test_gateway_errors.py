@@ -119,10 +119,11 @@ def test_wrong_method_is_405_in_openai_shape(gateway: GatewayProcess) -> None:
     assert response.status_code == 405 and _error(response)["code"] == "method_not_allowed"
 
 
-def test_no_ready_upstream_is_503(offline_gateway: GatewayProcess) -> None:
+def test_no_ready_upstream_is_503_with_retry_after(offline_gateway: GatewayProcess) -> None:
     body = {"model": "tiny-moe", "messages": MESSAGES}
     response = _post(offline_gateway, "/chat/completions", json=body)
     assert response.status_code == 503 and _error(response)["code"] == "upstream_unavailable"
+    assert int(response.headers["retry-after"]) >= 1
 
 
 def test_no_ready_upstream_is_503_for_streams_too(offline_gateway: GatewayProcess) -> None:
@@ -140,3 +141,12 @@ def test_validation_needs_no_upstream(offline_gateway: GatewayProcess) -> None:
 def test_readiness_is_503_without_an_upstream(offline_gateway: GatewayProcess) -> None:
     response = httpx.get(f"{offline_gateway.url}/health/ready", timeout=10)
     assert response.status_code == 503 and _error(response)["code"] == "upstream_unavailable"
+    assert "retry-after" in response.headers
+
+
+def test_a_trailing_slash_is_404_in_openai_shape_not_a_redirect(
+    gateway: GatewayProcess, model_id: str
+) -> None:
+    body = {"model": model_id, "messages": MESSAGES, "max_tokens": 2}
+    response = _post(gateway, "/chat/completions/", json=body)
+    assert response.status_code == 404 and _error(response)["code"] == "not_found"

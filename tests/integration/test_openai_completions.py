@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import openai
+import pytest
 
 PROMPTS = ["The json module", "A Python list is"]
 
@@ -58,3 +59,23 @@ def test_logprobs_zero_gives_one_logprob_per_token(client: openai.OpenAI, model_
     assert logprobs is not None and reply.usage is not None
     assert len(logprobs.token_logprobs or []) == reply.usage.completion_tokens
     assert "".join(logprobs.tokens or []) == reply.choices[0].text
+
+
+def test_whole_and_streamed_logprobs_carry_the_same_tokens_and_offsets(
+    client: openai.OpenAI, model_id: str
+) -> None:
+    extra = {"extra_body": {"ignore_eos": True}}
+    whole = _complete(client, model_id, logprobs=0, **extra).choices[0].logprobs
+    chunks = list(_complete(client, model_id, logprobs=0, stream=True, **extra))
+    streamed = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+    assert whole is not None and whole.tokens and len(whole.tokens) > 1
+    assert sum(1 for t in whole.tokens if t) > 1  # the text is spread over the tokens
+    assert [t for lp in streamed for t in lp.tokens or []] == whole.tokens
+    assert [o for lp in streamed for o in lp.text_offset or []] == whole.text_offset
+    assert whole.text_offset == sorted(whole.text_offset)
+
+
+def test_an_empty_prompt_is_400_naming_it(client: openai.OpenAI, model_id: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=model_id, prompt=["fine", ""], max_tokens=2)
+    assert caught.value.body["param"] == "prompt[1]"  # type: ignore[index]
