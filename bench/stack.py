@@ -187,11 +187,11 @@ class Stack:
         env["LOCALMOE_JWT_SECRET"] = self.jwt_secret  # the flat name of gateways before 0.2
         if redis_url:
             env["LOCALMOE_REDIS_URL"] = redis_url
-        service = self._start_service(name, command, port, env)
+        service = self.start_service(name, command, port, env)
         deadline = time.monotonic() + timeout
         models = {MOE_MODEL, ECHO_MODEL}
         while time.monotonic() < deadline:
-            self._check_alive(service)
+            self.check_alive(service)
             with contextlib.suppress(OSError, ValueError, urllib.error.URLError):
                 listed = http_json(f"{service.url}/v1/models", headers=self.gateway_headers())
                 if models <= {m["id"] for m in listed.get("data", [])}:
@@ -234,7 +234,7 @@ class Stack:
         command = [executable, "--config", str(config_path), "--host", "127.0.0.1"]
         command += ["--port", str(port), "--num_workers", "1"]
         env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True")
-        self.litellm = self._start_service("litellm", command, port, env)
+        self.litellm = self.start_service("litellm", command, port, env)
         self.litellm_info = {
             "version": importlib.metadata.version("litellm"),
             "command": " ".join(command[1:]),
@@ -292,7 +292,7 @@ class Stack:
         url = f"{service.url}/v1/chat/completions"
         body = chat_body(ECHO_MODEL, max_tokens=1)
         while time.monotonic() < deadline:
-            self._check_alive(service)
+            self.check_alive(service)
             with contextlib.suppress(OSError, urllib.error.URLError):
                 status, _ = http_post(url, body, headers=self.litellm_headers())
                 if status == 200:
@@ -317,17 +317,20 @@ class Stack:
         """Stop everything this stack started, last first."""
         self.cleanup.run()
 
-    def _start_service(self, name: str, command: list[str], port: int, env: dict) -> Service:
+    def start_service(
+        self, name: str, command: list[str], port: int, env: dict, cwd: Path = REPO_ROOT
+    ) -> Service:
+        """Start a long-running process listening on `port`; `close()` stops it."""
         log_path = self.workdir / f"{name}.log"
         with log_path.open("ab") as log:
             process = popen(
-                command, name=name, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                command, name=name, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
             )
         self.cleanup.add(name, lambda: stop_process(process, timeout=15))
         return Service(name, f"http://127.0.0.1:{port}", process, log_path)
 
     @staticmethod
-    def _check_alive(service: Service) -> None:
+    def check_alive(service: Service) -> None:
         if service.process.poll() is not None:
             raise RuntimeError(
                 f"{service.name} exited with {service.process.returncode}:\n{service.log_tail()}"
