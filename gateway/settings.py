@@ -123,7 +123,7 @@ class AuthSettings(_Section):
     jwks_refresh_s: float = Field(default=300.0, gt=0)
     """Age at which the JWKS is fetched again (in the background)."""
     jwks_min_refresh_s: float = Field(default=30.0, ge=0)
-    """Least time between two JWKS fetches caused by unknown `kid`s or failed fetches."""
+    """Least time between two JWKS fetches (tokens with unknown `kid`s ask for them)."""
     jwks_timeout_s: float = Field(default=5.0, gt=0)
     """Time limit on one JWKS fetch."""
     tenant_claim: str = "tenant"

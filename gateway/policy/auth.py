@@ -223,7 +223,7 @@ class Authenticator:
         kid = header.get("kid")
         if not isinstance(kid, str):
             kid = None
-        self._refresh_jwks(kid if kid is not None and kid not in self._by_kid else None)
+        self._refresh_jwks(unknown_kid=kid is not None and kid not in self._by_kid)
         if kid is not None:
             key = self._by_kid.get(kid)
             if key is None:
@@ -270,13 +270,13 @@ class Authenticator:
         self._set_keys(keys)
         logger.info("loaded %d verification keys from the JWKS", len(self._keys))
 
-    def _refresh_jwks(self, unknown_kid: str | None) -> None:
-        """Bring the JWKS up to date when it is old or lacks `unknown_kid`."""
+    def _refresh_jwks(self, unknown_kid: bool) -> None:
+        """Bring the JWKS up to date when it is old or lacks the token's kid."""
         if self._remote is not None:
             self._remote.refresh(unknown_kid)
             return
         age = time.monotonic() - self._jwks_checked_at
-        if unknown_kid is not None or age >= self.settings.jwks_refresh_s:
+        if unknown_kid or age >= self.settings.jwks_refresh_s:
             try:
                 self._read_jwks_file()  # a stat() and, when changed, a small file read
             except (OSError, ValueError) as exc:
@@ -301,22 +301,20 @@ class _CappedJWKClient(jwt.PyJWKClient):
                 body = response.read(_MAX_JWKS_BYTES + 1)
             if len(body) > _MAX_JWKS_BYTES:
                 raise ValueError(f"the document is larger than {_MAX_JWKS_BYTES} bytes")
-            document = json.loads(body)
+            return json.loads(body)
         except (OSError, ValueError, http.client.HTTPException) as exc:
-            raise jwt.PyJWKClientConnectionError(f"{exc}") from exc
-        self._last_successful_fetch = time.monotonic()  # starts the cooldown, as PyJWKClient's does
-        return document
+            raise jwt.PyJWKClientConnectionError(str(exc)) from exc
 
 
 class _RemoteKeys:
-    """The JWKS at `auth.jwks_url`.
+    """The JWKS at `auth.jwks_url`: PyJWKClient fetches and parses it and keeps it
+    `jwks_refresh_s`.
 
-    PyJWKClient fetches it, keeps it `jwks_refresh_s` and fetches it again for an unknown kid at
-    most every `jwks_min_refresh_s`. Added here: on an event loop the fetch runs on a worker
-    thread (PyJWKClient fetches inline, which would stall every request for up to
-    `jwks_timeout_s`; the token that asked is refused meanwhile, and identity providers publish
-    a key before they sign with it), and a failed fetch waits too (PyJWKClient's cooldown starts
-    on successful fetches only).
+    Done here because PyJWKClient does not: it fetches inline, which on the event loop would
+    stall every request for up to `jwks_timeout_s`, so fetches run on a worker thread (a token
+    whose kid is not known yet is refused meanwhile); and its cooldown on refetches for unknown
+    kids counts successful fetches only, so here every fetch, failed or not, waits
+    `jwks_min_refresh_s` after the one before.
     """
 
     def __init__(self, settings: AuthSettings, on_fetch: Callable[[Iterable[jwt.PyJWK]], None]):
@@ -326,49 +324,40 @@ class _RemoteKeys:
                 self._url,
                 lifespan=settings.jwks_refresh_s,
                 timeout=settings.jwks_timeout_s,
-                cooldown_duration=settings.jwks_min_refresh_s,
                 headers=_JWKS_HEADERS,
             )
         except jwt.PyJWKClientError as exc:
             raise ValueError(f"jwks_url: {exc}") from None
-        self._retry_s = settings.jwks_min_refresh_s
-        self._retry_at = 0.0  # monotonic
+        self._min_interval_s = settings.jwks_min_refresh_s
+        self._next_fetch = 0.0  # monotonic
         self._fetching = False
         self._on_fetch = on_fetch
 
-    def refresh(self, unknown_kid: str | None = None, *, wait: bool = False) -> None:
-        """Fetch the key set when it is stale or lacks `unknown_kid`: inline with `wait` or with no
-        event loop running, else on a worker thread (the caller goes on with the keys it has)."""
+    def refresh(self, unknown_kid: bool = False, *, wait: bool = False) -> None:
+        """Fetch the key set when it is stale or lacks a token's kid: inline with `wait` or with
+        no event loop running, else on a worker thread (the caller goes on with the keys it has)."""
         cache = self._client.jwk_set_cache
         stale = cache is None or cache.get() is None
-        if (unknown_kid is None and not stale) or self._fetching:
+        now = time.monotonic()
+        if not (unknown_kid or stale) or self._fetching or now < self._next_fetch:
             return
-        if time.monotonic() < self._retry_at:
-            return
+        self._next_fetch = now + self._min_interval_s
         loop = None if wait else _running_loop()
         if loop is None:
-            self._fetch(unknown_kid)
+            self._fetch()
             return
         self._fetching = True
-        loop.run_in_executor(None, self._fetch, unknown_kid)
+        loop.run_in_executor(None, self._fetch)
 
-    def _fetch(self, unknown_kid: str | None) -> None:
+    def _fetch(self) -> None:
         try:
-            if unknown_kid is None:
-                self._client.get_jwk_set()
-            else:
-                self._client.get_signing_key(unknown_kid)  # fetches unless cooling down
-        except (jwt.PyJWKClientConnectionError, jwt.PyJWKSetError) as exc:
-            self._retry_at = time.monotonic() + self._retry_s
+            key_set = self._client.get_jwk_set(refresh=True)
+        except (jwt.PyJWTError, ValueError) as exc:
             logger.warning("cannot fetch the JWKS from %s: %s", self._url, exc)
-        except jwt.PyJWKClientError:
-            pass  # no key has this kid: its token is refused as `unknown_key`
+        else:
+            self._on_fetch(key_set.keys)
         finally:
             self._fetching = False
-        cache = self._client.jwk_set_cache
-        key_set = cache.get() if cache is not None else None
-        if key_set is not None:
-            self._on_fetch(key_set.keys)
 
 
 def mint_token(

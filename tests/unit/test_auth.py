@@ -361,6 +361,22 @@ def test_jwks_url_refetch_for_unknown_kids_is_rate_limited(
     assert jwks_server.hits == 1  # the start-up fetch only
 
 
+def test_key_withdrawn_from_the_jwks_is_refused_after_jwks_refresh_s(
+    jwks_server: _JWKSServer, rsa_key: Any
+) -> None:
+    retired = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks_server.document = _jwks(("r1", rsa_key, "RS256"), ("r0", retired, "RS256"))
+    settings = AuthSettings(
+        jwks_url=jwks_server.url, jwks_refresh_s=0.3, jwks_min_refresh_s=0, token_cache_size=0
+    )
+    auth = Authenticator(settings)
+    token = mint_token(retired, sub="alice", algorithm="RS256", kid="r0")
+    assert auth.authenticate(f"Bearer {token}").sub == "alice"
+    jwks_server.document = _jwks(("r1", rsa_key, "RS256"))
+    assert wait_for(lambda: _refused(auth, token), timeout=5)
+    assert _reject(auth, f"Bearer {token}").code == "unknown_key"
+
+
 def test_failed_jwks_fetches_are_rate_limited_too(jwks_server: _JWKSServer, rsa_key: Any) -> None:
     jwks_server.status = 500
     auth = Authenticator(AuthSettings(jwks_url=jwks_server.url, jwks_min_refresh_s=60))
