@@ -19,12 +19,13 @@ from starlette.middleware import Middleware
 from gateway.api import error_responses, metrics, routes
 from gateway.api.access import Access
 from gateway.api.middleware import BodySizeLimit, RequestContext
-from gateway.core.catalogue import Catalogue, keep_discovering
+from gateway.core.catalogue import Catalogue
 from gateway.core.service import OpenAIService
 from gateway.policy.cache import ResponseCache
 from gateway.settings import Settings
 from gateway.triton.backend import TritonBackend
 from gateway.triton.client import TritonPool
+from gateway.triton.discovery import keep_discovering
 
 _STARTUP_DISCOVERY_S = 10.0
 

@@ -16,15 +16,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tritonclient.utils import InferenceServerException
-
 from gateway.core import protocol
 from gateway.core.chat_template import ChatTemplate, load_tokenizer_config
 from gateway.core.tokenizer import PromptTokenizer
-from gateway.errors import ModelNotFound, UpstreamUnavailable
+from gateway.errors import ModelNotFound
 from gateway.settings import DEFAULT_ROUTE, ModelSettings, Settings
-from gateway.triton.client import TritonPool
-from gateway.triton.discovery import repository_models
 
 log = logging.getLogger("localmoe.models")
 
@@ -180,16 +176,3 @@ def _fingerprint(model_dir: Path) -> str:
 
 def _non_empty(params: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in params.items() if v}
-
-
-async def keep_discovering(catalogue: Catalogue, pool: TritonPool, interval_s: float) -> None:
-    """Complete the catalogue from Triton, retrying until every entry is resolved."""
-    while not catalogue.complete:
-        if pool.ready():
-            try:
-                await catalogue.discover(await repository_models(pool.ready_client()))
-            except (InferenceServerException, UpstreamUnavailable) as exc:
-                log.warning("model discovery failed, will retry: %s", exc)
-        if catalogue.complete:
-            return
-        await asyncio.sleep(interval_s)
