@@ -25,22 +25,14 @@ log = logging.getLogger("localmoe.limits")
 # With auth off every request is this caller: the default limits then hold for all of them.
 ANONYMOUS = Principal(sub="anonymous")
 
-_BUILD = object()
-
 
 class Access:
     """The authenticator and the rate limiter of one gateway process."""
 
-    def __init__(self, settings: Settings, authenticator: Authenticator | object | None = _BUILD):
-        """Raises `keys.KeyConfigError` when auth is on and no usable key is configured.
-
-        `authenticator` is only for the call of `gateway.api.app` until it passes `settings` alone.
-        """
+    def __init__(self, settings: Settings):
+        """Raises `keys.KeyConfigError` when auth is on and no usable key is configured."""
         self.settings = settings
-        if authenticator is _BUILD:
-            authenticator = keys.authenticator(settings)
-        assert authenticator is None or isinstance(authenticator, Authenticator)
-        self.authenticator = authenticator
+        self.authenticator: Authenticator | None = keys.authenticator(settings)
         self.limiter: RateLimiter | None = None
 
     def open(self) -> None:

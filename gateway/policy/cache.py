@@ -156,17 +156,7 @@ def cache_key(tenant: str | None, model: str, request: Mapping[str, Any]) -> str
 class ResponseCache:
     """Finished completions in an in-process LRU, and in Redis when `redis_url` is given."""
 
-    def __init__(
-        self,
-        settings: CacheSettings | None = None,
-        redis_url: str | None = None,
-        *,
-        max_entries: int = 10_000,
-        ttl_seconds: float = 600.0,
-    ) -> None:
-        # Transitional: `max_entries`/`ttl_seconds` serve the old call in gateway.api.app until it
-        # passes `settings.cache`; then they go, and `settings` is required.
-        settings = settings or CacheSettings(max_entries=max_entries, ttl_s=ttl_seconds)
+    def __init__(self, settings: CacheSettings, redis_url: str | None = None) -> None:
         self.settings = settings
         self._local: TLRUCache[str, tuple[CachedCompletion, float]] = TLRUCache(
             settings.max_entries, lambda _key, entry, _now: entry[1], timer=time.time
