@@ -49,9 +49,13 @@ class ModelSettings(_Section):
     """
 
     id: str | None = None
+    """The OpenAI model id (default: the route's `served_model_name` parameter)."""
     route: str = DEFAULT_ROUTE
+    """The Triton model the gateway calls: `tensorrt_llm_bls` or `ensemble`."""
     tokenizer_dir: Path | None = None
+    """Holds `tokenizer.json` and `tokenizer_config.json` (default: the route's parameter)."""
     context_length: int | None = Field(default=None, ge=1)
+    """Default: the checkpoint's `max_position_embeddings`."""
     cache: bool = True
     """False keeps this model's answers out of the response cache."""
 
@@ -80,10 +84,13 @@ class RequestSettings(_Section):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
     """Larger bodies get 413 before they are parsed."""
     max_n: int = Field(default=16, ge=1)
+    """Samples per prompt (`n`)."""
     max_stop: int = Field(default=4, ge=0)
+    """Stop sequences per request (OpenAI allows 4)."""
     max_tokens: int | None = Field(default=None, ge=1)
     """Cap on `max_tokens` / `max_completion_tokens` (default: the context length)."""
     max_messages: int | None = Field(default=1024, ge=1)
+    """Messages in one chat request."""
     max_prompts: int = Field(default=64, ge=1)
     """Prompts in one `/v1/completions` request."""
     max_generations: int = Field(default=64, ge=1)
@@ -185,10 +192,13 @@ class Settings(BaseSettings):
     )
 
     config_file: Path | None = None
+    """The YAML file read under the environment (`--config`)."""
     mode: Literal["dev", "production"] = "dev"
     """`production` refuses to start without a configured JWT key."""
     host: str = "127.0.0.1"
+    """The gateway's bind address (`--host`)."""
     port: int = Field(default=8080, ge=0, le=65535)
+    """The gateway's HTTP port (`--port`)."""
     redis_url: str | None = None
     """Shared rate-limit state and response cache across replicas (unset: in process)."""
     models: list[ModelSettings] = Field(default_factory=list)
@@ -196,7 +206,9 @@ class Settings(BaseSettings):
     """Read the served models from Triton's repository index and `tensorrt_llm_bls` parameters."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
+    """One line per record: JSON with the record's fields, or plain text."""
     access_log: bool = True
+    """One structured line per request, with its `x-request-id`."""
 
     triton: TritonSettings = Field(default_factory=TritonSettings)
     requests: RequestSettings = Field(default_factory=RequestSettings)
