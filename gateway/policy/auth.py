@@ -301,9 +301,12 @@ class _CappedJWKClient(jwt.PyJWKClient):
                 body = response.read(_MAX_JWKS_BYTES + 1)
             if len(body) > _MAX_JWKS_BYTES:
                 raise ValueError(f"the document is larger than {_MAX_JWKS_BYTES} bytes")
-            return json.loads(body)
+            document = json.loads(body)
         except (OSError, ValueError, http.client.HTTPException) as exc:
             raise jwt.PyJWKClientConnectionError(str(exc)) from exc
+        if self.jwk_set_cache is not None:  # fetch_data's contract: it fills the cache
+            self.jwk_set_cache.put(document)
+        return document
 
 
 class _RemoteKeys:

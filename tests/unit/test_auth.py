@@ -361,6 +361,17 @@ def test_jwks_url_refetch_for_unknown_kids_is_rate_limited(
     assert jwks_server.hits == 1  # the start-up fetch only
 
 
+def test_jwks_url_is_not_fetched_again_while_it_is_fresh(
+    jwks_server: _JWKSServer, rsa_key: Any
+) -> None:
+    jwks_server.document = _jwks(("r1", rsa_key, "RS256"))
+    auth = Authenticator(AuthSettings(jwks_url=jwks_server.url, jwks_min_refresh_s=0))
+    for user in ("alice", "bob", "carol"):
+        token = mint_token(rsa_key, sub=user, algorithm="RS256", kid="r1")
+        assert auth.authenticate(f"Bearer {token}").sub == user
+    assert jwks_server.hits == 1
+
+
 def test_key_withdrawn_from_the_jwks_is_refused_after_jwks_refresh_s(
     jwks_server: _JWKSServer, rsa_key: Any
 ) -> None:
