@@ -1,4 +1,4 @@
-"""The HTTP routes: parse the body, hand it to the engine, return JSON or an event stream.
+"""The HTTP routes: parse the body, hand it to the service, return JSON or an event stream.
 
 Every `/v1` route needs a bearer token (`access.authenticate`); the generation routes also count
 against the caller's request limit (`access.admit`) before their body is even parsed. Both are
@@ -8,7 +8,7 @@ token does not allow is hidden from `/v1/models` and answers 404 like an unknown
 
 Bodies are parsed here (pydantic's JSON parser, straight from bytes) rather than by FastAPI, so a
 malformed body is one of our 400s naming the parameter. Every route notices a client that hangs
-up: the engine's work is cancelled, and with it the Triton request.
+up: the service's work is cancelled, and with it the Triton request.
 """
 
 from __future__ import annotations

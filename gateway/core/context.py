@@ -1,6 +1,6 @@
-"""What the engine is told about a request's caller, and what it hands back to the HTTP layer.
+"""What the core is told about a request's caller, and what it hands back to the HTTP layer.
 
-The HTTP layer authenticates and admits the request, then fills a `CallContext`; the engine uses
+The HTTP layer authenticates and admits the request, then fills a `CallContext`; the core uses
 it for model access, the token budget, the cache's tenant and opt-out, and writes the response
 headers it decides (`x-cache`, the token `x-ratelimit-*`). No JWT or Redis types cross this line.
 """
@@ -31,7 +31,7 @@ class TokenMeter(Protocol):
 
 @dataclass(slots=True)
 class CallContext:
-    """One request's caller, as far as the engine needs to know."""
+    """One request's caller, as far as the core needs to know."""
 
     request_id: str
     tenant: str | None = None
