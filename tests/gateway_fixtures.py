@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from gateway.policy.auth import mint_token
-from tests.support import free_port
+from tests.support import answers_200, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Small enough that the 413 test stays cheap, large enough for every context-length test.
@@ -124,7 +124,7 @@ def start_gateway(
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"gateway exited with {process.returncode}:\n{gateway.log()}")
-        if _answers_200(gateway.url + wait_path):
+        if answers_200(gateway.url + wait_path):
             return gateway
         time.sleep(0.1)
     stop_gateway(gateway)
@@ -216,10 +216,3 @@ def client(gateway: GatewayProcess) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=gateway.base_url, api_key=gateway.token, max_retries=0) as sdk:
         yield sdk
 
-
-def _answers_200(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False

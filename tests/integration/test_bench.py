@@ -17,6 +17,7 @@ import pytest
 
 from bench.profile import py_spy_binary, summarize_collapsed
 from bench.wrk import lua_script
+from tests.support import processes_mentioning
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,7 +95,7 @@ def test_gateway_profile_names_frames(quick_run: Path) -> None:
 
 
 def test_no_process_outlives_the_run(quick_run: Path) -> None:
-    assert _processes_mentioning(quick_run) == []
+    assert processes_mentioning(quick_run) == []
 
 
 def test_sigterm_stops_every_process(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -109,10 +110,10 @@ def test_sigterm_stops_every_process(tiny_model_dir: Path, tmp_path: Path) -> No
         while not (out / "work" / "loadgen.log").exists() and time.monotonic() < deadline:
             assert bench.poll() is None, (tmp_path / "stderr").read_text()
             time.sleep(0.2)
-        assert _processes_mentioning(out), "the harness started nothing"
+        assert processes_mentioning(out), "the harness started nothing"
         bench.send_signal(signal.SIGTERM)
         assert bench.wait(timeout=60) == 130
-    assert _processes_mentioning(out) == []
+    assert processes_mentioning(out) == []
 
 
 def test_wrk_script_sends_the_body_verbatim() -> None:
@@ -131,17 +132,3 @@ def test_profile_summary_attributes_samples_to_libraries() -> None:
     assert summary["samples"] == 4
     assert summary["library_pct"][0] == ["gateway (ours)", 75.0]
     assert summary["inclusive_pct"][0] == ["run (uvicorn/server.py)", 100.0]
-
-
-def _processes_mentioning(path: Path) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(path) in cmdline:
-            found.append(f"{proc.name}: {cmdline[:200]}")
-    return found

@@ -7,8 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +22,7 @@ from gateway.local.repository import (
     fill_template,
     holds_templates,
 )
-from tests.support import free_port
+from tests.support import answers_200, free_port, processes_mentioning
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,27 +81,27 @@ def test_triton_serves_the_template_folder_filled_for_the_tiny_model(
 ) -> None:
     with _localmoe_triton("model_repository", tiny_model_dir, tmp_path) as triton:
         _wait_for_line(triton, "triton ready:")
-        assert _answers(f"{triton.url}/v2/health/ready")
+        assert answers_200(f"{triton.url}/v2/health/ready")
         first_line = triton.out.read_text().splitlines()[0]
         assert first_line.startswith("model_repository holds templates: serving them filled for ")
         assert str(triton.home / "repository" / "cpu") in first_line
-        assert _answers(f"{triton.url}/v2/models/tensorrt_llm_bls/ready")
+        assert answers_200(f"{triton.url}/v2/models/tensorrt_llm_bls/ready")
         triton.process.send_signal(signal.SIGTERM)
         assert triton.process.wait(timeout=60) == 0
-    assert _processes_mentioning(triton.home) == []
+    assert processes_mentioning(triton.home) == []
 
 
 def test_sigterm_while_triton_loads_stops_it(tiny_model_dir: Path, tmp_path: Path) -> None:
     with _localmoe_triton("model_repository", tiny_model_dir, tmp_path) as triton:
         deadline = time.monotonic() + 60
-        while not [p for p in _processes_mentioning(triton.home) if "tritonserver" in p]:
+        while not [p for p in processes_mentioning(triton.home) if "tritonserver" in p]:
             assert triton.process.poll() is None, triton.err.read_text()[-4000:]
             assert time.monotonic() < deadline, "tritonserver never started"
             time.sleep(0.05)
-        assert not _answers(f"{triton.url}/v2/health/ready"), "loaded too fast to test"
+        assert not answers_200(f"{triton.url}/v2/health/ready"), "loaded too fast to test"
         triton.process.send_signal(signal.SIGTERM)
         assert triton.process.wait(timeout=60) == 130
-    assert _processes_mentioning(triton.home) == []
+    assert processes_mentioning(triton.home) == []
 
 
 @dataclass
@@ -151,25 +149,3 @@ def _wait_for_line(triton: _Triton, text: str, timeout: float = 180) -> None:
         assert triton.process.poll() is None, triton.err.read_text()[-4000:]
         assert time.monotonic() < deadline, triton.err.read_text()[-4000:]
         time.sleep(0.2)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _processes_mentioning(path: Path) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(path) in cmdline:
-            found.append(f"{proc.name}: {cmdline[:200]}")
-    return found

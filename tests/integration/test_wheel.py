@@ -14,14 +14,12 @@ import subprocess
 import sys
 import sysconfig
 import time
-import urllib.error
-import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.support import free_port
+from tests.support import answers_200, free_port, processes_mentioning
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ("ensemble", "postprocessing", "preprocessing", "tensorrt_llm", "tensorrt_llm_bls")
@@ -120,15 +118,15 @@ def test_the_installed_wheel_fills_a_repository_and_runs_triton(
             assert triton.poll() is None, log.read_text()[-4000:]
             assert time.monotonic() < deadline, log.read_text()[-4000:]
             time.sleep(0.2)
-        assert _answers(f"http://127.0.0.1:{http_port}/v2/health/ready")
-        assert _processes_mentioning(repository), "no Triton process serves the repository"
+        assert answers_200(f"http://127.0.0.1:{http_port}/v2/health/ready")
+        assert processes_mentioning(repository), "no Triton process serves the repository"
         triton.send_signal(signal.SIGTERM)
         assert triton.wait(timeout=60) == 0, log.read_text()[-4000:]
     finally:
         if triton.poll() is None:
             triton.kill()
             triton.wait()
-    assert _processes_mentioning(repository) == []
+    assert processes_mentioning(repository) == []
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -142,25 +140,3 @@ def _run(command: list, **kwargs: object) -> str:
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, **kwargs)
     assert done.returncode == 0, f"{command}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     return done.stdout
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _processes_mentioning(path: Path) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(path) in cmdline:
-            found.append(f"{proc.name}: {cmdline[:200]}")
-    return found
