@@ -1,19 +1,29 @@
-"""Under load, the engine stops work its clients gave up on (queued or running), and Triton's log
-stays clean; measured with the engine's own counters and Triton's own log."""
+"""Under load, the engine stops work its clients gave up on (queued or running), Triton's log
+stays clean, and a flood beyond the models' limits is refused rather than stalling everyone;
+measured with the engine's own counters, Triton's own log and the responses themselves."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import openai
+import pytest
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.grpc import service_pb2_grpc
+from tritonclient.utils import InferenceServerException
 
+from gateway.local.repository import fill_repository
 from gateway.local.triton import TritonProcess
 from tests.gateway_fixtures import GatewayProcess
-from tests.integration.test_triton import _tensor, infer_stream, text_inputs
-from tests.support import metric_value, wait_for
+from tests.integration.test_triton import PROMPT, _raw_request, _tensor, infer_stream, text_inputs
+from tests.support import free_port, metric_value, wait_for
 
 STREAMS = 14  # more than the engine's 8 slots: 6 of them wait in its queue
 MAX_TOKENS = 200
@@ -144,3 +154,84 @@ def _engine_inputs(max_tokens: int) -> list[Any]:
         _tensor("streaming", [True], np.bool_),
         _tensor("ignore_eos", [True], np.bool_),
     ]
+
+
+# --- a flood beyond the models' limits ---------------------------------------------------------
+
+FLOOD = 200
+
+
+@pytest.fixture(scope="module")
+def small_triton(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A Triton of its own whose limits are small, so that a flood is cheap to exceed them."""
+    repo = fill_repository(tmp_path_factory.mktemp("small") / "cpu", model_dir=tiny_model_dir)
+    for model, key, limit in (
+        ("tensorrt_llm_bls", "max_inflight_requests", 32),
+        ("tensorrt_llm_bls", "max_pending_engine_requests", 4),
+        ("tensorrt_llm", "max_queue_size", 8),
+    ):
+        config = repo / model / "config.pbtxt"
+        pattern = rf'(key: "{key}"\s*value: {{ string_value: )"\d+"'
+        text, found = re.subn(pattern, rf'\1"{limit}"', config.read_text())
+        assert found == 1, key
+        config.write_text(text)
+    server = TritonProcess(
+        repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+async def _flood(url: str, requests: list[Any]) -> tuple[int, list[str]]:
+    """Send every request on one shared stream; (finals without error, error messages)."""
+    async with grpc.aio.insecure_channel(url) as channel:
+        call = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer()
+        for request in requests:
+            await call.write(request)
+        ok, errors = 0, []
+        while ok + len(errors) < len(requests):
+            response = await call.read()
+            if response.error_message:
+                errors.append(response.error_message)
+            elif response.infer_response.parameters["triton_final_response"].bool_param:
+                ok += 1
+        call.cancel()
+        return ok, errors
+
+
+def test_a_flood_beyond_the_limits_is_refused_and_the_server_keeps_serving(
+    small_triton: TritonProcess,
+) -> None:
+    bls_requests = [
+        _raw_request(f"b{i}", text_input=PROMPT, max_tokens=2, stream=True, ignore_eos=True)
+        for i in range(FLOOD)
+    ]
+    ok, errors = asyncio.run(asyncio.wait_for(_flood(small_triton.grpc_url, bls_requests), 120))
+    assert ok >= 32 and errors and all("in flight" in e for e in errors), errors[:3]
+
+    engine_requests = []
+    for i in range(FLOOD):
+        request = _raw_request(
+            f"e{i}", input_ids=5, input_lengths=1, request_output_len=2, streaming=True
+        )
+        request.model_name = "tensorrt_llm"
+        engine_requests.append(request)
+    ok, errors = asyncio.run(asyncio.wait_for(_flood(small_triton.grpc_url, engine_requests), 120))
+    assert ok >= 16 and errors and all("in flight" in e for e in errors), errors[:3]
+
+    # A prompt batch is one request too many, not a crash; and the server serves the next one.
+    batch = [
+        grpcclient.InferInput("text_input", [2, 1], "BYTES"),
+        grpcclient.InferInput("max_tokens", [2, 1], "INT32"),
+    ]
+    batch[0].set_data_from_numpy(np.asarray([[b"a"], [b"b"]], dtype=np.object_))
+    batch[1].set_data_from_numpy(np.asarray([[2], [2]], dtype=np.int32))
+    with pytest.raises(InferenceServerException, match="batch of 2"):
+        asyncio.run(infer_stream(small_triton.grpc_url, "tensorrt_llm_bls", batch))
+    responses = asyncio.run(
+        infer_stream(
+            small_triton.grpc_url, "tensorrt_llm_bls", text_inputs(max_tokens=4, ignore_eos=True)
+        )
+    )
+    assert responses and small_triton.is_ready()
