@@ -76,9 +76,11 @@ async def _hang_up_after_a_few_events(gateway: GatewayProcess, model_id: str, i:
         return events
 
 
+@pytest.mark.parametrize("gateway_kind", ["gateway", "unshared_gateway"])
 def test_streams_dropped_under_load_stop_queued_and_running_requests(
-    gateway: GatewayProcess, triton: TritonProcess, model_id: str
+    request: pytest.FixtureRequest, gateway_kind: str, triton: TritonProcess, model_id: str
 ) -> None:
+    gateway = request.getfixturevalue(gateway_kind)
     before = settled_decode_tokens(triton)
 
     async def round_() -> list[int]:
