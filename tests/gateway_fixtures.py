@@ -215,4 +215,3 @@ def client(gateway: GatewayProcess) -> Iterator[openai.OpenAI]:
     """The official synchronous OpenAI client; no retries, so errors surface as they are."""
     with openai.OpenAI(base_url=gateway.base_url, api_key=gateway.token, max_retries=0) as sdk:
         yield sdk
-
