@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI
 from starlette.middleware import Middleware
@@ -29,6 +30,8 @@ from gateway.triton.discovery import keep_discovering
 
 _STARTUP_DISCOVERY_S = 10.0
 
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
 
 def create_app(settings: Settings) -> FastAPI:
     """The gateway application for `settings`; Triton and Redis clients open when it starts.
@@ -36,6 +39,33 @@ def create_app(settings: Settings) -> FastAPI:
     Raises `gateway.policy.keys.KeyConfigError` when auth is on and no usable key is configured
     (production)."""
     access = Access(settings)
+    app = FastAPI(
+        title="LocalMoE gateway",
+        summary="OpenAI-compatible API in front of Triton Inference Server",
+        lifespan=_lifespan(settings, access),
+        # First is outermost. Pure ASGI: streams pass through untouched and a client's
+        # disconnect still reaches the route, which stops the Triton request.
+        middleware=[
+            Middleware(RequestContext, access_log_enabled=settings.access_log),
+            Middleware(BodySizeLimit, max_bytes=settings.requests.max_body_bytes),
+        ],
+        exception_handlers=error_responses.handlers(),
+        # Our own Prometheus metrics cover requests; FastAPI's OpenTelemetry hooks would cost a
+        # provider lookup on every request even with no provider configured.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
+    # `POST /v1/chat/completions/` answers 404 in OpenAI's shape, not a 307 to follow.
+    app.router.redirect_slashes = False
+    app.state.settings = settings
+    app.state.access = access
+    app.include_router(routes.v1)
+    app.include_router(routes.health)
+    app.include_router(metrics.router)
+    return app
+
+
+def _lifespan(settings: Settings, access: Access) -> Lifespan:
+    """Open what the routes share when the app starts, close it when it stops."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,26 +102,4 @@ def create_app(settings: Settings) -> FastAPI:
             if cache is not None:
                 await cache.aclose()
 
-    app = FastAPI(
-        title="LocalMoE gateway",
-        summary="OpenAI-compatible API in front of Triton Inference Server",
-        lifespan=lifespan,
-        # First is outermost. Pure ASGI: streams pass through untouched and a client's
-        # disconnect still reaches the route, which stops the Triton request.
-        middleware=[
-            Middleware(RequestContext, access_log_enabled=settings.access_log),
-            Middleware(BodySizeLimit, max_bytes=settings.requests.max_body_bytes),
-        ],
-        exception_handlers=error_responses.handlers(),
-        # Our own Prometheus metrics cover requests; FastAPI's OpenTelemetry hooks would cost a
-        # provider lookup on every request even with no provider configured.
-        telemetry={"tracing": False, "metrics": False, "logs": False},
-    )
-    # `POST /v1/chat/completions/` answers 404 in OpenAI's shape, not a 307 to follow.
-    app.router.redirect_slashes = False
-    app.state.settings = settings
-    app.state.access = access
-    app.include_router(routes.v1)
-    app.include_router(routes.health)
-    app.include_router(metrics.router)
-    return app
+    return lifespan
