@@ -33,3 +33,22 @@ class ResponseKit:
     error: Callable[[str, ErrorKind], Any]
     """An error response."""
     final_flag: int
+
+
+def triton_kit(pb_utils: Any) -> ResponseKit:
+    """The kit for Triton's Python backend, given its `triton_python_backend_utils` module
+    (passed in: it exists only inside Triton, and its error types only once a model runs)."""
+    codes = {
+        "invalid": pb_utils.TritonError.INVALID_ARG,
+        "internal": pb_utils.TritonError.INTERNAL,
+        "unavailable": pb_utils.TritonError.UNAVAILABLE,
+    }
+    return ResponseKit(
+        tensors=lambda tensors: pb_utils.InferenceResponse(
+            output_tensors=[pb_utils.Tensor(name, value) for name, value in tensors.items()]
+        ),
+        error=lambda message, kind: pb_utils.InferenceResponse(
+            error=pb_utils.TritonError(message, codes[kind])
+        ),
+        final_flag=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+    )

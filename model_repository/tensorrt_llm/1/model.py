@@ -15,26 +15,8 @@ from moe_engine import Engine, EngineConfig
 from moe_engine import logs as engine_logs
 from moe_engine.engine_metrics import EngineMetrics
 from moe_engine.engine_requests import EngineRequests
-from moe_engine.responses import ResponseKit
+from moe_engine.responses import triton_kit
 from moe_engine.text import load_tokenizer
-
-
-def _kit() -> ResponseKit:
-    # pb_utils' error types exist only once the backend has started the model, not at import.
-    codes = {
-        "invalid": pb_utils.TritonError.INVALID_ARG,
-        "internal": pb_utils.TritonError.INTERNAL,
-        "unavailable": pb_utils.TritonError.UNAVAILABLE,
-    }
-    return ResponseKit(
-        tensors=lambda tensors: pb_utils.InferenceResponse(
-            output_tensors=[pb_utils.Tensor(name, value) for name, value in tensors.items()]
-        ),
-        error=lambda message, kind: pb_utils.InferenceResponse(
-            error=pb_utils.TritonError(message, codes[kind])
-        ),
-        final_flag=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-    )
 
 
 class TritonPythonModel:
@@ -56,7 +38,7 @@ class TritonPythonModel:
         )
         self.requests = EngineRequests(
             engine,
-            _kit(),
+            triton_kit(pb_utils),
             default_end_ids=load_tokenizer(checkpoint).eos_ids,
             cancel_poll_interval_s=float(params.get("cancel_poll_interval_s", "0.02")),
             max_queue_size=int(params.get("max_queue_size", "1024")),

@@ -20,28 +20,10 @@ from moe_engine import logs as engine_logs
 from moe_engine.bls_requests import BlsRequests, Generation, stop_inputs
 from moe_engine.bls_stream import Chunk
 from moe_engine.loop_thread import LoopThread
-from moe_engine.responses import ResponseKit
+from moe_engine.responses import triton_kit
 from moe_engine.text import load_tokenizer
 
 _DONE = object()
-
-
-def _kit() -> ResponseKit:
-    # pb_utils' error types exist only once the backend has started the model, not at import.
-    codes = {
-        "invalid": pb_utils.TritonError.INVALID_ARG,
-        "internal": pb_utils.TritonError.INTERNAL,
-        "unavailable": pb_utils.TritonError.UNAVAILABLE,
-    }
-    return ResponseKit(
-        tensors=lambda tensors: pb_utils.InferenceResponse(
-            output_tensors=[pb_utils.Tensor(name, value) for name, value in tensors.items()]
-        ),
-        error=lambda message, kind: pb_utils.InferenceResponse(
-            error=pb_utils.TritonError(message, codes[kind])
-        ),
-        final_flag=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-    )
 
 
 class TritonPythonModel:
@@ -56,7 +38,7 @@ class TritonPythonModel:
         self.requests = BlsRequests(
             load_tokenizer(params["tokenizer_dir"]),
             _EngineModel(params.get("tensorrt_llm_model_name", "tensorrt_llm")),
-            _kit(),
+            triton_kit(pb_utils),
             max_context_len=int(context) if context.isdigit() else 0,
             max_in_flight=int(params.get("max_inflight_requests", "1024")),
             max_pending=int(params.get("max_pending_engine_requests", "16")),
