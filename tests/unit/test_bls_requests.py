@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from moe_engine.bls_requests import BlsRequests, Generation
-from moe_engine.bls_stream import Chunk
-from moe_engine.loop_thread import LoopThread
-from moe_engine.text import TokenizerInfo
-from tests.unit.fake_triton import FINAL, KIT, RecordingSender, text_of, value
+from moe_engine.python_backend.bls_requests import BlsRequests, Generation
+from moe_engine.python_backend.bls_stream import Chunk
+from moe_engine.python_backend.loop_thread import LoopThread
+from moe_engine.python_backend.text import TokenizerInfo
+from tests.unit.triton_sender import FINAL, KIT, RecordingSender, text_of, value
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from moe_engine.bls_stream import Chunk, Client, TextState, relay
-from tests.unit.fake_triton import FINAL, KIT, RecordingSender, text_of, value
+from moe_engine.python_backend.bls_stream import Chunk, Client, TextState, relay
+from tests.unit.triton_sender import FINAL, KIT, RecordingSender, text_of, value
 
 SAMPLE = "Hello world, café 東京 🙂 code"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from moe_engine.engine import EngineStats
-from moe_engine.engine_metrics import EngineMetrics
+from moe_engine.python_backend.engine_metrics import EngineMetrics
 
 
 class Metric:

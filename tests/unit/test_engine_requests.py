@@ -14,11 +14,11 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen3MoeConfig
 
 from moe_engine import Engine, EngineConfig, StepOutput
-from moe_engine.engine_requests import EngineRequests
-from moe_engine.responder import Responder
-from moe_engine.responses import ResponseKit
+from moe_engine.python_backend.engine_requests import EngineRequests
+from moe_engine.python_backend.responder import Responder
+from moe_engine.python_backend.responses import ResponseKit
 from tests.support import wait_for
-from tests.unit.fake_triton import FINAL, KIT, RecordingSender, value
+from tests.unit.triton_sender import FINAL, KIT, RecordingSender, value
 
 
 class ScriptedEngine:

@@ -26,6 +26,14 @@ ALLOWED: dict[str, set[str]] = {
     "gateway.server": BASE | {"gateway.api", "gateway.local", "gateway.logs", "gateway.policy"},
     "gateway.cli": BASE | {"gateway.local", "gateway.policy", "gateway.server", "moe_build"},
     "moe_engine": {"moe_engine"},
+    # The engine knows nothing of Triton; the Python-backend logic builds on the engine.
+    "moe_engine.engine": {
+        "moe_engine.config",
+        "moe_engine.model",
+        "moe_engine.sampler",
+        "moe_engine.weights",
+        "moe_engine.kv_cache",
+    },
     "moe_build": {"moe_build", "moe_engine"},
 }
 PROJECT = ("gateway", "moe_engine", "moe_build", "bench", "tests")

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from moe_engine.outbox import Outbox
+from moe_engine.python_backend.outbox import Outbox
 from tests.support import wait_for
-from tests.unit.fake_triton import FINAL, RecordingSender
+from tests.unit.triton_sender import FINAL, RecordingSender
 
 POLL_S = 0.001
 
@@ -45,26 +45,27 @@ def test_responses_go_out_in_the_order_they_were_queued(outbox: Outbox) -> None:
     for i in range(50):
         queued.send(("tensors", {"i": i}), 0)
     queued.send(None, FINAL)
-    assert sender.finished.wait(2)
+    assert sender.finished.wait(10)
     assert [r for r, _ in sender.responses] == [("tensors", {"i": i}) for i in range(50)] + [None]
 
 
 def test_a_request_is_never_polled_after_its_final_response(outbox: Outbox) -> None:
     senders = [RecordingSender(str(i)) for i in range(20)]
     queued = [outbox.watch(str(i), s) for i, s in enumerate(senders)]
-    assert wait_for(lambda: all(s.polls > 0 for s in senders), timeout=2)
+    assert wait_for(lambda: all(s.polls > 0 for s in senders), timeout=10)
     for q in queued:
         q.send(("tensors", {}), 0)
         q.send(None, FINAL)
-    assert all(s.finished.wait(2) for s in senders)
+    assert all(s.finished.wait(10) for s in senders)
     # Many poll periods later: a poll after a final would have crashed the server.
     later = RecordingSender("later")
     outbox.watch("later", later)
-    assert wait_for(lambda: later.polls >= 20, timeout=2)
+    assert wait_for(lambda: later.polls >= 20, timeout=10)
     assert [v for s in senders for v in s.violations] == []
     for sender in senders:
-        kinds = [kind for kind, _, _ in sender.events]
-        assert kinds[-1] == "send" and "poll" not in kinds[kinds.index("send") :]
+        # Polls may come between a response and the final one, never after the final.
+        kind, _, flags = sender.events[-1]
+        assert kind == "send" and flags & FINAL
 
 
 def test_a_cancelled_client_is_cancelled_in_the_engine(outbox: Outbox, cancels: CancelLog) -> None:
@@ -72,8 +73,8 @@ def test_a_cancelled_client_is_cancelled_in_the_engine(outbox: Outbox, cancels: 
     outbox.watch("gone", gone)
     outbox.watch("staying", staying)
     gone.cancelled = True
-    assert wait_for(lambda: "gone" in cancels.ids, timeout=2)
-    assert wait_for(lambda: staying.polls > 3, timeout=2)
+    assert wait_for(lambda: "gone" in cancels.ids, timeout=10)
+    assert wait_for(lambda: staying.polls > 3, timeout=10)
     assert "staying" not in cancels.ids
 
 
@@ -83,7 +84,7 @@ def test_a_failing_is_cancelled_counts_as_cancelled(outbox: Outbox, cancels: Can
             raise RuntimeError("factory gone")
 
     outbox.watch("broken", Broken())
-    assert wait_for(lambda: "broken" in cancels.ids, timeout=2)
+    assert wait_for(lambda: "broken" in cancels.ids, timeout=10)
 
 
 def test_one_bad_request_does_not_stop_the_outbox(outbox: Outbox) -> None:
@@ -94,7 +95,7 @@ def test_one_bad_request_does_not_stop_the_outbox(outbox: Outbox) -> None:
     bad_queue.send(None, FINAL)
     good_queue.send(("tensors", {"n": 1}), 0)
     good_queue.send(None, FINAL)
-    assert good.finished.wait(2)
+    assert good.finished.wait(10)
     assert good.responses == [(("tensors", {"n": 1}), 0), (None, FINAL)]
 
 

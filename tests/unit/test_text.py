@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from moe_engine.text import (
+from moe_engine.python_backend.text import (
     IncrementalDetokenizer,
     StopStringMatcher,
     from_words_list,

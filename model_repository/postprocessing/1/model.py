@@ -11,7 +11,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from moe_engine.text import load_tokenizer
+from moe_engine.python_backend.text import load_tokenizer
 
 
 class TritonPythonModel:

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from moe_engine.serving import scalar
-from moe_engine.text import encode, encode_stop_words, load_tokenizer, to_words_list
+from moe_engine.python_backend.serving import scalar
+from moe_engine.python_backend.text import encode, encode_stop_words, load_tokenizer, to_words_list
 
 
 class TritonPythonModel:

@@ -1,8 +1,9 @@
 """Triton adapter for the CPU MoE engine, with the tensor interface of NVIDIA's `tensorrt_llm`.
 
-Only Triton's callbacks live here. The engine (`moe_engine.engine`) schedules, caches and samples;
-`moe_engine.engine_requests` turns requests into engine requests and their outputs into responses,
-sent from one outbox thread; `moe_engine.engine_metrics` publishes the custom metrics.
+Only Triton's callbacks live here. The engine (`moe_engine.engine`) schedules, caches and
+samples; `moe_engine.python_backend.engine_requests` turns requests into engine requests and
+their outputs into responses, sent from one outbox thread; `engine_metrics` beside it publishes
+the custom metrics.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import json
 import triton_python_backend_utils as pb_utils
 
 from moe_engine import Engine, EngineConfig
-from moe_engine import logs as engine_logs
-from moe_engine.engine_metrics import EngineMetrics
-from moe_engine.engine_requests import EngineRequests
-from moe_engine.responses import triton_kit
-from moe_engine.text import load_tokenizer
+from moe_engine.python_backend import triton_logging as engine_logs
+from moe_engine.python_backend.engine_metrics import EngineMetrics
+from moe_engine.python_backend.engine_requests import EngineRequests
+from moe_engine.python_backend.responses import triton_kit
+from moe_engine.python_backend.text import load_tokenizer
 
 
 class TritonPythonModel:

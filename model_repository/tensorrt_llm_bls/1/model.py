@@ -1,9 +1,9 @@
 """The gateway's default route: text in, text deltas out, over the `tensorrt_llm` model.
 
-Only Triton's callbacks and calls live here. `moe_engine.bls_requests` serves each request
-(stop by id, admission, errors) and `moe_engine.bls_stream` turns engine tokens into text
-(incremental detokenisation, stop strings, `finish_reason`, cancellation), on an event loop of
-our own (`moe_engine.loop_thread`).
+Only Triton's callbacks and calls live here. `moe_engine.python_backend.bls_requests` serves
+each request (stop by id, admission, errors) and `bls_stream` beside it turns engine tokens into
+text (incremental detokenisation, stop strings, `finish_reason`, cancellation), on an event loop
+of our own (`loop_thread`).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from functools import partial
 
 import triton_python_backend_utils as pb_utils
 
-from moe_engine import logs as engine_logs
-from moe_engine.bls_requests import BlsRequests, Generation, stop_inputs
-from moe_engine.bls_stream import Chunk
-from moe_engine.loop_thread import LoopThread
-from moe_engine.responses import triton_kit
-from moe_engine.text import load_tokenizer
+from moe_engine.python_backend import triton_logging as engine_logs
+from moe_engine.python_backend.bls_requests import BlsRequests, Generation, stop_inputs
+from moe_engine.python_backend.bls_stream import Chunk
+from moe_engine.python_backend.loop_thread import LoopThread
+from moe_engine.python_backend.responses import triton_kit
+from moe_engine.python_backend.text import load_tokenizer
 
 _DONE = object()
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from moe_engine.responses import Sender
+from moe_engine.python_backend.responses import Sender
 
 logger = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ from typing import Protocol
 
 import numpy as np
 
-from moe_engine.bls_stream import Chunk, Client, TextState, relay
-from moe_engine.inflight import Inflight
-from moe_engine.responses import ResponseKit, Sender
-from moe_engine.serving import InputError, scalar
-from moe_engine.text import TokenizerInfo, encode
+from moe_engine.python_backend.bls_stream import Chunk, Client, TextState, relay
+from moe_engine.python_backend.inflight import Inflight
+from moe_engine.python_backend.responses import ResponseKit, Sender
+from moe_engine.python_backend.serving import InputError, scalar
+from moe_engine.python_backend.text import TokenizerInfo, encode
 
 logger = logging.getLogger(__name__)
 

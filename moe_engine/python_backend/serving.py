@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from moe_engine.text import from_words_list
+from moe_engine.python_backend.text import from_words_list
 
 Inputs = Mapping[str, np.ndarray]
 

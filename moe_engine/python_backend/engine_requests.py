@@ -3,7 +3,7 @@ out, each with exactly one final response.
 
 `stop=true` ends the requests in flight with its client id (even ones that arrive after it), a
 full engine queue refuses new requests with an "unavailable" error, and every response goes
-through one outbox thread that also notices clients that went away (see `moe_engine.outbox`).
+through one outbox thread that also notices clients that went away (see `outbox`).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import uuid
 from collections.abc import Collection
 
 from moe_engine.engine import Engine, StepOutput
-from moe_engine.inflight import Inflight
-from moe_engine.outbox import Outbox
-from moe_engine.responder import Responder
-from moe_engine.responses import ErrorKind, ResponseKit, Sender
+from moe_engine.python_backend.inflight import Inflight
+from moe_engine.python_backend.outbox import Outbox
+from moe_engine.python_backend.responder import Responder
+from moe_engine.python_backend.responses import ErrorKind, ResponseKit, Sender
+from moe_engine.python_backend.serving import InputError, Inputs, input_ids, sampling_kwargs, scalar
 from moe_engine.sampler import SamplingParams
-from moe_engine.serving import InputError, Inputs, input_ids, sampling_kwargs, scalar
 
 
 class Overloaded(RuntimeError):

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 
 from moe_engine.engine import StepOutput
-from moe_engine.responses import ResponseKit, Sender
-from moe_engine.serving import output_tensors
+from moe_engine.python_backend.responses import ResponseKit, Sender
+from moe_engine.python_backend.serving import output_tensors
 
 
 class Responder:

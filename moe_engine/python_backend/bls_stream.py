@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from moe_engine.responses import ResponseKit, Sender
-from moe_engine.text import IncrementalDetokenizer, StopStringMatcher
+from moe_engine.python_backend.responses import ResponseKit, Sender
+from moe_engine.python_backend.text import IncrementalDetokenizer, StopStringMatcher
 
 
 @dataclass

@@ -1,6 +1,10 @@
 """Plain stand-ins for what Triton hands a Python model: a response sender that behaves like
 tritonserver 2.51's (including the crash it has when asked after a final response) and a
-`ResponseKit` whose responses are readable tuples."""
+`ResponseKit` whose responses are readable tuples.
+
+Why a stand-in: the unit tier starts no process, and `pb_utils` exists only inside a running
+tritonserver. The same request handling runs against the real server in
+tests/integration/test_triton.py and test_engine_cancel_load.py."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from moe_engine.responses import ResponseKit
+from moe_engine.python_backend.responses import ResponseKit
 
 FINAL = 1
 
