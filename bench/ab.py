@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--baseline", required=True, help="git revision of the A gateway")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
+    parser.add_argument(
+        "--only", nargs="+", default=None, metavar="WORD", help="measurements whose name has WORD"
+    )
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
     return parser
@@ -104,6 +107,8 @@ def _run(args: argparse.Namespace, baseline: Path, model_dir: Path, out: Path) -
             "B": _start_gateway(stack, "gateway-b", REPO_ROOT),
         }
         plan = _plan(stack, gateways)
+        if args.only:
+            plan = [(n, t) for n, t in plan if any(word in n for word in args.only)]
         measurements: list[dict[str, Any]] = []
         for r in range(args.rounds):
             for name, target in plan:

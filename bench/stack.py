@@ -132,7 +132,7 @@ class Stack:
     def token(self) -> str:
         """A bearer token for the gateway, with limits the benchmark never reaches."""
         if self._token is None:
-            from gateway.policy.auth import mint_token
+            from gateway.policy.tokens import mint_token
 
             self._token = mint_token(
                 self.jwt_secret, sub="bench", rpm=_UNLIMITED, tpm=_UNLIMITED, ttl_seconds=86400

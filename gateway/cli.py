@@ -207,7 +207,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 def _cmd_token(args: argparse.Namespace) -> int:
     from gateway.policy import keys
-    from gateway.policy.auth import parse_ttl
+    from gateway.policy.tokens import parse_ttl
     from gateway.settings import load_settings
 
     try:

@@ -29,7 +29,7 @@ import openai
 import pytest
 import yaml
 
-from gateway.policy.auth import mint_token
+from gateway.policy.tokens import mint_token
 from tests.support import answers_200, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

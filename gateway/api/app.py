@@ -58,6 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.access = access
+    app.router.routes.extend(routes.generation)
     app.include_router(routes.v1)
     app.include_router(routes.health)
     app.include_router(metrics.router)

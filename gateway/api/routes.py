@@ -20,6 +20,7 @@ from typing import TypeVar
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 from starlette.types import Receive
 
 from gateway.api import sse
@@ -57,7 +58,6 @@ async def retrieve_model(model_id: str, request: Request) -> Response:
     return _json(_service(request).model(model_id))
 
 
-@v1.post("/chat/completions")
 async def create_chat_completion(request: Request) -> Response:
     """OpenAI chat completions, streamed or not."""
     await admit(request, authenticate(request))
@@ -68,7 +68,6 @@ async def create_chat_completion(request: Request) -> Response:
     return await _respond(request, service.chat(body, ctx))
 
 
-@v1.post("/completions")
 async def create_completion(request: Request) -> Response:
     """OpenAI (legacy) text completions, streamed or not."""
     await admit(request, authenticate(request))
@@ -77,6 +76,15 @@ async def create_completion(request: Request) -> Response:
     if body.stream:
         return await _stream(request, service.completion_stream(body, ctx))
     return await _respond(request, service.completion(body, ctx))
+
+
+# Plain Starlette routes, in the same router and behind the same middleware and exception
+# handlers as every route: FastAPI's per-route request handling (dependency solving, its exit
+# stack) is work these two do not use, and they are the hot path (docs/performance.md).
+generation = [
+    Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),
+    Route("/v1/completions", create_completion, methods=["POST"]),
+]
 
 
 @health.get("/live")

@@ -7,17 +7,12 @@ their `exp`), and a JWKS URL is fetched on a worker thread.
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
-import http.client
 import json
 import logging
-import os
 import re
-import secrets
 import time
-import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -29,17 +24,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
+from gateway.policy.jwks import RemoteKeys, parse_jwks
 from gateway.settings import AuthSettings
 
-__all__ = [
-    "AuthError",
-    "Authenticator",
-    "Principal",
-    "default_dev_secret_path",
-    "load_or_create_dev_secret",
-    "mint_token",
-    "parse_ttl",
-]
+__all__ = ["AuthError", "Authenticator", "Principal"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +41,6 @@ _EC_ALGORITHMS = {
 }
 ASYMMETRIC_ALGORITHMS = RSA_ALGORITHMS | frozenset(_EC_ALGORITHMS.values()) | {"EdDSA"}
 _MAX_TOKEN_CHARS = 16 * 1024
-_MAX_JWKS_BYTES = 1024 * 1024
-_JWKS_HEADERS = {"Accept": "application/json", "User-Agent": "localmoe-gateway"}
-_DEV_SECRET_MIN_CHARS = 32
 
 
 class AuthError(Exception):
@@ -147,7 +132,7 @@ class Authenticator:
         self._keys: tuple[_Key, ...] = ()
         self._by_kid: dict[str, _Key] = {}
         self._algorithms: frozenset[str] = frozenset()
-        self._remote: _RemoteKeys | None = None
+        self._remote: RemoteKeys | None = None
         self._jwks_mtime: float | None = None
         self._jwks_checked_at = 0.0  # monotonic
         if secret is not None:
@@ -160,7 +145,7 @@ class Authenticator:
         elif settings.jwks_file is not None:
             self._read_jwks_file()
         else:
-            self._remote = _RemoteKeys(settings, self._set_jwks)
+            self._remote = RemoteKeys(settings, self._set_jwks)
             self._set_keys(())
             # An identity provider that is down at start-up must not stop the gateway: every
             # token is refused until a later fetch succeeds.
@@ -287,163 +272,8 @@ class Authenticator:
         self._jwks_checked_at = time.monotonic()
         mtime = path.stat().st_mtime
         if mtime != self._jwks_mtime:
-            self._set_jwks(_parse_jwks(json.loads(path.read_bytes())))
+            self._set_jwks(parse_jwks(json.loads(path.read_bytes())))
             self._jwks_mtime = mtime
-
-
-class _CappedJWKClient(jwt.PyJWKClient):
-    """PyJWKClient reading at most `_MAX_JWKS_BYTES` of the document (it reads any size)."""
-
-    def fetch_data(self) -> Any:
-        request = urllib.request.Request(self.uri, headers=self.headers)
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                body = response.read(_MAX_JWKS_BYTES + 1)
-            if len(body) > _MAX_JWKS_BYTES:
-                raise ValueError(f"the document is larger than {_MAX_JWKS_BYTES} bytes")
-            document = json.loads(body)
-        except (OSError, ValueError, http.client.HTTPException) as exc:
-            raise jwt.PyJWKClientConnectionError(str(exc)) from exc
-        if self.jwk_set_cache is not None:  # fetch_data's contract: it fills the cache
-            self.jwk_set_cache.put(document)
-        return document
-
-
-class _RemoteKeys:
-    """The JWKS at `auth.jwks_url`: PyJWKClient fetches and parses it and keeps it
-    `jwks_refresh_s`.
-
-    Done here because PyJWKClient does not: it fetches inline, which on the event loop would
-    stall every request for up to `jwks_timeout_s`, so fetches run on a worker thread (a token
-    whose kid is not known yet is refused meanwhile); and its cooldown on refetches for unknown
-    kids counts successful fetches only, so here every fetch, failed or not, waits
-    `jwks_min_refresh_s` after the one before.
-    """
-
-    def __init__(self, settings: AuthSettings, on_fetch: Callable[[Iterable[jwt.PyJWK]], None]):
-        self._url = settings.jwks_url or ""
-        try:
-            self._client = _CappedJWKClient(
-                self._url,
-                lifespan=settings.jwks_refresh_s,
-                timeout=settings.jwks_timeout_s,
-                headers=_JWKS_HEADERS,
-            )
-        except jwt.PyJWKClientError as exc:
-            raise ValueError(f"jwks_url: {exc}") from None
-        self._min_interval_s = settings.jwks_min_refresh_s
-        self._next_fetch = 0.0  # monotonic
-        self._fetching = False
-        self._on_fetch = on_fetch
-
-    def refresh(self, unknown_kid: bool = False, *, wait: bool = False) -> None:
-        """Fetch the key set when it is stale or lacks a token's kid: inline with `wait` or with
-        no event loop running, else on a worker thread (the caller goes on with the keys it has)."""
-        cache = self._client.jwk_set_cache
-        stale = cache is None or cache.get() is None
-        now = time.monotonic()
-        if not (unknown_kid or stale) or self._fetching or now < self._next_fetch:
-            return
-        self._next_fetch = now + self._min_interval_s
-        loop = None if wait else _running_loop()
-        if loop is None:
-            self._fetch()
-            return
-        self._fetching = True
-        loop.run_in_executor(None, self._fetch)
-
-    def _fetch(self) -> None:
-        try:
-            key_set = self._client.get_jwk_set(refresh=True)
-        except (jwt.PyJWTError, ValueError) as exc:
-            logger.warning("cannot fetch the JWKS from %s: %s", self._url, exc)
-        else:
-            self._on_fetch(key_set.keys)
-        finally:
-            self._fetching = False
-
-
-def mint_token(
-    key: str | bytes | Any,
-    *,
-    sub: str,
-    tenant: str | None = None,
-    models: Sequence[str] | None = None,
-    rpm: int | None = None,
-    tpm: int | None = None,
-    ttl_seconds: float | None = 3600,
-    algorithm: str = "HS256",
-    issuer: str | None = None,
-    audience: str | None = None,
-    kid: str | None = None,
-    extra_claims: Mapping[str, Any] | None = None,
-) -> str:
-    """Sign a LocalMoE token: `key` is the HS secret, or a PEM private key (str/bytes/object).
-
-    `ttl_seconds=None` mints a token without `exp`, which `Authenticator` refuses.
-    """
-    if not sub:
-        raise ValueError("sub must be a non-empty string")
-    if algorithm.lower() == "none":
-        raise ValueError('algorithm "none" is not allowed')
-    now = int(time.time())
-    claims: dict[str, Any] = dict(extra_claims or {})
-    claims.update({"sub": sub, "iat": now})
-    if ttl_seconds is not None:
-        claims["exp"] = now + int(ttl_seconds)
-    optional = {"tenant": tenant, "rpm": rpm, "tpm": tpm, "iss": issuer, "aud": audience}
-    claims.update({name: value for name, value in optional.items() if value is not None})
-    if models is not None:
-        claims["models"] = list(models)
-    return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid} if kid else None)
-
-
-def default_dev_secret_path() -> Path:
-    """`$XDG_CONFIG_HOME/localmoe/jwt-secret` (default `~/.config/localmoe/jwt-secret`)."""
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "localmoe" / "jwt-secret"
-
-
-def load_or_create_dev_secret(path: Path) -> str:
-    """Return the development HS256 secret stored at `path`, creating it (mode 0600) if absent.
-
-    Safe when several gateway workers start at once: they all end up with the same secret.
-    """
-    path = Path(path)
-    try:
-        return _read_secret(path)
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(48)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, (secret + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # atomic "create if absent", with the content already in place
-    except FileExistsError:
-        return _read_secret(path)  # another process won the race: use its secret
-    finally:
-        tmp.unlink(missing_ok=True)
-    logger.info("created a development JWT secret at %s", path)
-    return secret
-
-
-def parse_ttl(text: str) -> int:
-    """Parse a duration such as `3600`, `90s`, `15m`, `1h`, `7d` or `1h30m` into seconds."""
-    text = text.strip().lower()
-    if text.isdigit():
-        return int(text)
-    parts = re.fullmatch(r"(?:\d+[smhd])+", text) and re.findall(r"(\d+)([smhd])", text)
-    if not parts:
-        raise ValueError(f"invalid duration {text!r} (examples: 3600, 90s, 15m, 1h, 7d)")
-    unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    return sum(int(number) * unit[suffix] for number, suffix in parts)
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -540,30 +370,3 @@ def _load_public_key(path: Path) -> Any:
         # Accept a private key file but keep only its public half in memory.
         return serialization.load_pem_private_key(data, password=None).public_key()
     return serialization.load_pem_public_key(data)
-
-
-def _parse_jwks(document: Any) -> list[jwt.PyJWK]:
-    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise ValueError("a JWKS document is an object with a 'keys' list")
-    try:
-        return jwt.PyJWKSet.from_dict(document).keys
-    except jwt.PyJWKSetError:
-        return []  # no usable key (yet): every token is refused until one appears
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-def _read_secret(path: Path) -> str:
-    secret = path.read_text().strip()
-    if len(secret) < _DEV_SECRET_MIN_CHARS:
-        raise ValueError(f"the secret in {path} is shorter than {_DEV_SECRET_MIN_CHARS} characters")
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        logger.warning("%s was readable by others (mode %o); setting it to 0600", path, mode)
-        path.chmod(0o600)
-    return secret

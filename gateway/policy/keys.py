@@ -17,14 +17,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from gateway.policy.auth import (
-    HMAC_ALGORITHMS,
-    Authenticator,
-    _algorithms_for_key,
-    default_dev_secret_path,
-    load_or_create_dev_secret,
-    mint_token,
-)
+from gateway.policy.auth import HMAC_ALGORITHMS, Authenticator, _algorithms_for_key
+from gateway.policy.tokens import default_dev_secret_path, load_or_create_dev_secret, mint_token
 from gateway.settings import Settings
 
 __all__ = [

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.policy.auth import mint_token
+from gateway.policy.tokens import mint_token
 from tests.gateway_fixtures import (
     TEST_AUDIENCE,
     TEST_ISSUER,

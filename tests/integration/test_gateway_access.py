@@ -15,8 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.api.app import create_app
-from gateway.policy.auth import load_or_create_dev_secret, mint_token
 from gateway.policy.keys import KeyConfigError
+from gateway.policy.tokens import load_or_create_dev_secret, mint_token
 from gateway.settings import Settings
 from tests.gateway_fixtures import REPO_ROOT, auth
 from tests.support import free_port

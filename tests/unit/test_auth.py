@@ -22,14 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.policy import keys
-from gateway.policy.auth import (
-    Authenticator,
-    AuthError,
-    Principal,
-    load_or_create_dev_secret,
-    mint_token,
-    parse_ttl,
-)
+from gateway.policy.auth import Authenticator, AuthError, Principal
+from gateway.policy.tokens import load_or_create_dev_secret, mint_token, parse_ttl
 from gateway.settings import AuthSettings, Settings
 from tests.support import wait_for
 

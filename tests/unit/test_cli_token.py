@@ -9,7 +9,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.cli import main
-from gateway.policy.auth import Authenticator, Principal, default_dev_secret_path
+from gateway.policy.auth import Authenticator, Principal
+from gateway.policy.tokens import default_dev_secret_path
 from gateway.settings import AuthSettings
 
 SECRET = "cli-test-secret-0123456789abcdefghijklmnopqrstuvwxyz"
