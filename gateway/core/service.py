@@ -11,8 +11,8 @@ Authentication and the request limit stay in the HTTP layer, which describes the
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -31,6 +31,8 @@ from gateway.core.protocol import (
 from gateway.core.shapes import Chunk, shape_of
 from gateway.policy.cache import CachedCompletion, ResponseCache
 from gateway.settings import RequestSettings
+
+R = TypeVar("R", ChatCompletionRequest, CompletionRequest)
 
 
 class Service(Protocol):
@@ -104,23 +106,21 @@ class OpenAIService:
         """A whole chat completion."""
         return await self._whole(await self.jobs.chat(request, ctx), ctx)  # type: ignore[return-value]
 
-    async def chat_stream(
+    def chat_stream(
         self, request: ChatCompletionRequest, ctx: CallContext
     ) -> AsyncGenerator[Chunk, None]:
         """Role chunk, content chunks and one finish chunk per choice, then usage if asked."""
-        async for chunk in self._chunks(await self.jobs.chat(request, ctx), ctx):
-            yield chunk
+        return self._chunks(self.jobs.chat, request, ctx)
 
     async def completion(self, request: CompletionRequest, ctx: CallContext) -> CompletionResponse:
         """A whole text completion; choice `i*n + k` is sample `k` of prompt `i`."""
         return await self._whole(await self.jobs.completion(request, ctx), ctx)  # type: ignore[return-value]
 
-    async def completion_stream(
+    def completion_stream(
         self, request: CompletionRequest, ctx: CallContext
     ) -> AsyncGenerator[Chunk, None]:
         """Echo and text chunks and one finish chunk per choice, then usage if asked."""
-        async for chunk in self._chunks(await self.jobs.completion(request, ctx), ctx):
-            yield chunk
+        return self._chunks(self.jobs.completion, request, ctx)
 
     async def _whole(self, job: Job, ctx: CallContext) -> BaseModel:
         shape = shape_of(job)
@@ -131,7 +131,11 @@ class OpenAIService:
                 choices[index].add(delta)
         return shape.response(choices, self._usage(job, choices, hit))
 
-    async def _chunks(self, job: Job, ctx: CallContext) -> AsyncGenerator[Chunk, None]:
+    async def _chunks(
+        self, prepare: Callable[[R, CallContext], Awaitable[Job]], request: R, ctx: CallContext
+    ) -> AsyncGenerator[Chunk, None]:
+        # One generator from the job to the last chunk: each token passes one `yield`, not two.
+        job = await prepare(request, ctx)
         shape = shape_of(job)
         choices = [Choice() for _ in range(job.choices)]
         hit = await cached.lookup(self.cache, job, ctx)
