@@ -8,6 +8,24 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
+
+
+def byte_level_tokenizer(corpus: list[str], vocab_size: int) -> Any:
+    """A byte-level BPE `tokenizers.Tokenizer` trained on `corpus` in milliseconds: round-trips
+    any text (spaces, accents, CJK, emoji) like the real models' tokenizers do."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer)
+    return tokenizer
 
 
 def free_port() -> int:

@@ -68,11 +68,10 @@ class ResponseFormat(_Request):
     type: str
 
 
-class ChatCompletionRequest(_Request):
+class _SamplingRequest(_Request):
+    """The fields chat and text completions share, with OpenAI's defaults."""
+
     model: str
-    messages: list[ChatMessage]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
     temperature: float | None = 1.0
     top_p: float | None = 1.0
     n: int | None = 1
@@ -82,12 +81,7 @@ class ChatCompletionRequest(_Request):
     seed: int | None = None
     presence_penalty: float | None = 0.0
     frequency_penalty: float | None = 0.0
-    logprobs: bool | None = False
-    top_logprobs: int | None = None
     logit_bias: dict[str, float] | None = None
-    response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
     user: str | None = None
     # Vendor extras (vLLM / TensorRT-LLM names).
     top_k: int | None = None
@@ -98,31 +92,24 @@ class ChatCompletionRequest(_Request):
     cache: bool | dict[str, bool] | None = None
 
 
-class CompletionRequest(_Request):
-    model: str
+class ChatCompletionRequest(_SamplingRequest):
+    messages: list[ChatMessage]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = False
+    top_logprobs: int | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+
+class CompletionRequest(_SamplingRequest):
     prompt: Prompt
     max_tokens: int | None = 16
-    temperature: float | None = 1.0
-    top_p: float | None = 1.0
-    n: int | None = 1
     best_of: int | None = None
-    stream: bool | None = False
-    stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float | None = 0.0
-    frequency_penalty: float | None = 0.0
     logprobs: int | None = None
     echo: bool | None = False
     suffix: str | None = None
-    logit_bias: dict[str, float] | None = None
-    user: str | None = None
-    top_k: int | None = None
-    min_tokens: int | None = None
-    ignore_eos: bool | None = False
-    repetition_penalty: float | None = None
-    # LocalMoE extra: `false` (or `{"no-cache": true}`) keeps this request out of the cache.
-    cache: bool | dict[str, bool] | None = None
 
 
 # --- responses --------------------------------------------------------------------------------

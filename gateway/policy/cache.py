@@ -19,10 +19,9 @@ import orjson
 import redis.asyncio as aioredis
 from cachetools import TLRUCache
 from prometheus_client import Counter
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from gateway.policy.storage import redis_client
 from gateway.settings import CacheSettings
 
 __all__ = [
@@ -163,12 +162,7 @@ class ResponseCache:
         )
         self._redis: aioredis.Redis | None = None
         if redis_url:
-            self._redis = aioredis.Redis.from_url(
-                redis_url,
-                socket_timeout=settings.redis_timeout_s,
-                socket_connect_timeout=settings.redis_timeout_s,
-                retry=Retry(NoBackoff(), 1),
-            )
+            self._redis = redis_client(redis_url, settings.redis_timeout_s)
         self._degraded = False
         self._retry_at = 0.0
 

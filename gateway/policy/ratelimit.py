@@ -18,13 +18,12 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from cachetools import TTLCache
 from prometheus_client import Counter
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from gateway.errors import LimitsUnavailable
 from gateway.policy.auth import Principal
+from gateway.policy.storage import redis_client
 from gateway.settings import RateLimitSettings
 
 __all__ = [
@@ -148,14 +147,7 @@ class RateLimiter:
         self._redis: aioredis.Redis | None = None
         self._script: AsyncScript | None = None
         if redis_url:
-            self._redis = aioredis.Redis.from_url(
-                redis_url,
-                socket_timeout=settings.redis_timeout_s,
-                socket_connect_timeout=settings.redis_timeout_s,
-                # One immediate retry re-dials a pooled connection that a Redis restart broke;
-                # anything longer would hold requests up during an outage.
-                retry=Retry(NoBackoff(), 1),
-            )
+            self._redis = redis_client(redis_url, settings.redis_timeout_s)
             self._script = self._redis.register_script(_LUA)
         self._degraded = False
         self._probing = False

@@ -7,9 +7,10 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
 from moe_engine.python_backend.bls_stream import Chunk, Client, TextState, relay
+from tests.support import byte_level_tokenizer
 from tests.unit.triton_sender import FINAL, KIT, RecordingSender, text_of, value
 
 SAMPLE = "Hello world, café 東京 🙂 code"
@@ -17,14 +18,7 @@ SAMPLE = "Hello world, café 東京 🙂 code"
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    tok.train_from_iterator(["hello world code"] * 20, trainer)
-    return tok
+    return byte_level_tokenizer(["hello world code"] * 20, vocab_size=300)
 
 
 def ids_of(tokenizer: Tokenizer, text: str) -> list[int]:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from gateway.core.backend import Delta, GenerationRequest
 from gateway.core.catalogue import Catalogue
@@ -21,6 +20,7 @@ from gateway.core.service import OpenAIService
 from gateway.errors import ContextLengthExceeded
 from gateway.policy.cache import ResponseCache
 from gateway.settings import CacheSettings, RequestSettings, Settings
+from tests.support import byte_level_tokenizer
 
 CONTEXT = 256
 TEMPLATE = (
@@ -84,13 +84,7 @@ class RecordingMeter:
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A byte-level BPE tokenizer and a chat template, trained here in milliseconds."""
     path = tmp_path_factory.mktemp("scripted-model")
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tokenizer.train_from_iterator([" ".join(WORDS) * 20, "hello world"] * 10, trainer)
+    tokenizer = byte_level_tokenizer([" ".join(WORDS) * 20, "hello world"] * 10, vocab_size=300)
     tokenizer.save(str(path / "tokenizer.json"))
     (path / "tokenizer_config.json").write_text(json.dumps({"chat_template": TEMPLATE}))
     return path

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 
 from moe_engine.python_backend.text import (
     IncrementalDetokenizer,
@@ -11,20 +11,14 @@ from moe_engine.python_backend.text import (
     from_words_list,
     to_words_list,
 )
+from tests.support import byte_level_tokenizer
 
 SAMPLE = "Hello  world, café — 東京 🙂 naïve\tcode\n  indented ünïcödé"
 
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    tok.train_from_iterator(["hello world code indented"] * 50, trainer)
-    return tok
+    return byte_level_tokenizer(["hello world code indented"] * 50, vocab_size=400)
 
 
 def test_token_by_token_deltas_equal_full_decode(tokenizer: Tokenizer) -> None:
