@@ -215,3 +215,19 @@ def client(gateway: GatewayProcess) -> Iterator[openai.OpenAI]:
     """The official synchronous OpenAI client; no retries, so errors surface as they are."""
     with openai.OpenAI(base_url=gateway.base_url, api_key=gateway.token, max_retries=0) as sdk:
         yield sdk
+
+
+@pytest.fixture(scope="module")
+def workers_gateway(
+    triton: Any, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """Two workers in front of the session's Triton, limits in the session's Redis."""
+    process = start_gateway(
+        tmp_path_factory.mktemp("workers"),
+        triton_urls=[triton.grpc_url],
+        config={"cache": {"enabled": False}},
+        env={"LOCALMOE_REDIS_URL": redis_server.url},
+        args=["--workers", "2"],
+    )
+    yield process
+    stop_gateway(process)

@@ -100,3 +100,26 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.05) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(interval)
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def worker_pids(gateway: Any) -> set[int]:
+    """The worker processes of a `serve --workers N` gateway (its supervisor's children, less
+    multiprocessing's resource tracker)."""
+    return {
+        pid
+        for pid in _children(gateway.process.pid)
+        if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    }

@@ -13,6 +13,7 @@ import logging
 
 from fastapi import Request
 
+from gateway.api import metrics
 from gateway.core.context import CallContext
 from gateway.errors import LimitsUnavailable, RateLimited, Unauthorized
 from gateway.policy import keys
@@ -51,6 +52,7 @@ class Access:
         try:
             return self.authenticator.authenticate(authorization)
         except AuthError as exc:
+            metrics.AUTH_FAILURES.labels(exc.code).inc()
             raise Unauthorized(
                 exc.message, headers={"WWW-Authenticate": exc.www_authenticate}
             ) from None

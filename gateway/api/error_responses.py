@@ -17,12 +17,14 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from gateway.api import metrics
 from gateway.core.protocol import ErrorInfo, ErrorResponse
 from gateway.errors import GatewayError, InvalidRequest, MethodNotAllowed, NotFound
 
 
 def error_body(exc: GatewayError) -> bytes:
-    """The JSON body for `exc`."""
+    """The JSON body for `exc` (every error answered passes here, and is counted)."""
+    metrics.count_error(exc.status, exc.type, exc.code)
     body = ErrorResponse(
         error=ErrorInfo(message=exc.message, type=exc.type, param=exc.param, code=exc.code)
     )

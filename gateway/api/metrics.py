@@ -17,6 +17,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -34,6 +35,22 @@ DURATION = Histogram(
     "HTTP request duration until the last byte of the response, by method and route template",
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+IN_FLIGHT = Gauge(
+    "localmoe_http_requests_in_flight",
+    "HTTP requests being served (streams until their last byte)",
+    multiprocess_mode="livesum",
+)
+ERRORS = Counter(
+    "localmoe_errors_total",
+    "Errors answered (HTTP error responses and SSE error events) by status, type and code",
+    ["status", "type", "code"],
+)
+AUTH_FAILURES = Counter(
+    "localmoe_auth_failures_total",
+    "Requests refused for their bearer token, by reason (missing_token, expired_token, ...)",
+    ["reason"],
 )
 
 # Label children by (method, route, status): a handful of routes, so this stays small.
@@ -58,6 +75,11 @@ def _registry() -> CollectorRegistry:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     return registry
+
+
+def count_error(status: int, kind: str, code: str | None) -> None:
+    """One error answered."""
+    ERRORS.labels(str(status), kind, code or "").inc()
 
 
 def observe(scope: Scope, status: int, seconds: float) -> None:

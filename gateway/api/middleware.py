@@ -56,6 +56,7 @@ class RequestContext:
                 sent += len(message.get("body", b""))
             await send(message)
 
+        metrics.IN_FLIGHT.inc()
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
@@ -64,6 +65,7 @@ class RequestContext:
                 error = GatewayError("The server had an error while processing your request.")
                 await _send_error(send_with_id, error)
         finally:
+            metrics.IN_FLIGHT.dec()
             elapsed = time.perf_counter() - start
             metrics.observe(scope, status, elapsed)
             if self.access_log_enabled:

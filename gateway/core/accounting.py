@@ -29,6 +29,8 @@ class Choice:
     finish_reason: str | None = None
     input_tokens: int | None = None
     output_tokens: int = 0
+    last_at: float | None = None
+    """When its latest delta arrived (`time.perf_counter`), for the inter-token latency."""
 
     def add(self, delta: Delta) -> None:
         """Take in the next delta; a cancelled generation is the upstream's failure (502)."""

@@ -22,6 +22,7 @@ from gateway.core.backend import Backend, Delta
 from gateway.core.catalogue import Catalogue
 from gateway.core.context import CallContext
 from gateway.core.jobs import Job, JobBuilder
+from gateway.core.metrics import GenerationClock
 from gateway.core.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -126,9 +127,11 @@ class OpenAIService:
         shape = shape_of(job)
         choices = [Choice() for _ in range(job.choices)]
         hit = await cached.lookup(self.cache, job, ctx)
-        async with self._accounted(job, ctx, choices, hit):
+        async with self._accounted(job, ctx, choices, hit) as clock:
             async for index, delta in self._deltas(job, ctx, hit):
-                choices[index].add(delta)
+                choice = choices[index]
+                choice.last_at = clock.tick(choice.last_at)
+                choice.add(delta)
         return shape.response(choices, self._usage(job, choices, hit))
 
     async def _chunks(
@@ -139,9 +142,10 @@ class OpenAIService:
         shape = shape_of(job)
         choices = [Choice() for _ in range(job.choices)]
         hit = await cached.lookup(self.cache, job, ctx)
-        async with self._accounted(job, ctx, choices, hit):
+        async with self._accounted(job, ctx, choices, hit) as clock:
             async for index, delta in self._deltas(job, ctx, hit):
                 choice = choices[index]
+                choice.last_at = clock.tick(choice.last_at)
                 if not choice.seen:
                     for chunk in shape.opening(index):
                         yield chunk
@@ -165,16 +169,21 @@ class OpenAIService:
     @contextlib.asynccontextmanager
     async def _accounted(
         self, job: Job, ctx: CallContext, choices: list[Choice], hit: CachedCompletion | None
-    ) -> AsyncIterator[None]:
-        """Charge what a fresh answer used (also when it ends early) and cache a finished one."""
+    ) -> AsyncIterator[GenerationClock]:
+        """Time the answer; charge what a fresh one used (also when it ends early), count its
+        tokens and cache it once finished."""
+        clock = GenerationClock(job.model.id, cached=hit is not None)
         if hit is not None:
-            yield
+            yield clock
+            clock.finish(0, 0)
             return
         try:
-            yield
+            yield clock
         except BaseException:  # the client left (cancelled) or the upstream failed
             accounting.charge_later(ctx.meter, job, choices)
             raise
+        spent = accounting.usage(job, choices)
+        clock.finish(spent.prompt_tokens, spent.completion_tokens)
         await accounting.charge(ctx.meter, job, choices)
         await cached.fill(self.cache, job, choices)
 

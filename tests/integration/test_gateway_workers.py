@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.gateway_fixtures import (
     GatewayProcess,
@@ -20,51 +18,13 @@ from tests.gateway_fixtures import (
     start_gateway,
     stop_gateway,
 )
-from tests.support import wait_for
+from tests.support import wait_for, worker_pids
 
 RPM = 12
 
 
-@pytest.fixture(scope="module")
-def workers_gateway(
-    triton: Any, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[GatewayProcess]:
-    """Two workers in front of the session's Triton, limits in the session's Redis."""
-    process = start_gateway(
-        tmp_path_factory.mktemp("workers"),
-        triton_urls=[triton.grpc_url],
-        config={"cache": {"enabled": False}},
-        env={"LOCALMOE_REDIS_URL": redis_server.url},
-        args=["--workers", "2"],
-    )
-    yield process
-    stop_gateway(process)
-
-
-def _children(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.add(int(entry.name))
-    return found
-
-
-def _workers(gateway: GatewayProcess) -> set[int]:
-    # The supervisor's children, less multiprocessing's resource tracker.
-    return {
-        pid
-        for pid in _children(gateway.process.pid)
-        if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
-    }
-
-
 def test_two_workers_serve_chat_completions(workers_gateway: GatewayProcess) -> None:
-    assert len(_workers(workers_gateway)) == 2
+    assert len(worker_pids(workers_gateway)) == 2
     headers = auth(mint_test_token("workers-chat"))
     models = httpx.get(f"{workers_gateway.base_url}/models", headers=headers, timeout=10).json()
     body = {
@@ -105,7 +65,7 @@ def test_sigterm_stops_every_worker_and_removes_their_folder(
         args=["--workers", "2"],
     )
     assert [p.name[:15] for p in temp.iterdir()] == ["localmoe-serve-"]
-    workers = _workers(gateway)
+    workers = worker_pids(gateway)
     assert len(workers) == 2
     assert stop_gateway(gateway) == 0
     assert wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), timeout=5)
