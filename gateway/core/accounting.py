@@ -65,6 +65,8 @@ def usage(job: Job, choices: Sequence[Choice]) -> protocol.Usage:
             reported = job.model.tokenizer.count(
                 job.prompts[i], add_special_tokens=job.special_tokens
             )
+            # Kept: usage is asked for several times per request (charge, response, metrics).
+            job.prompt_tokens[i] = reported
         prompt_tokens += reported
     completion_tokens = sum(c.output_tokens for c in choices)
     return protocol.Usage(

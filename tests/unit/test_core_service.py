@@ -205,3 +205,14 @@ async def test_a_prompt_far_over_the_context_is_refused_without_tokenising(
     with pytest.raises(ContextLengthExceeded):
         await svc.completion(request, ctx())
     assert calls == []
+
+
+async def test_a_prompt_the_route_does_not_count_is_tokenised_once(model_dir: Path) -> None:
+    svc = await service(model_dir, ScriptedBackend(WORDS))  # reports no input tokens
+    calls: list[str] = []
+    tokenizer = svc.catalogue.get("m").tokenizer
+    count: Callable[..., int] = tokenizer.count
+    tokenizer.count = lambda text, **kw: calls.append(text) or count(text, **kw)  # type: ignore[method-assign]
+    response = await svc.completion(CompletionRequest(model="m", prompt="one two"), ctx())
+    assert response.usage.prompt_tokens == count("one two", add_special_tokens=True)
+    assert calls == ["one two"]
