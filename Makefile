@@ -4,19 +4,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: help run test test-fast test-quick install lint model clean
+.PHONY: help run test test-fast test-quick install tools lint model clean
 
 run: install  ## start Triton (CPU) + the gateway on the embedded defaults
 	$(BIN)/localmoe up
 
-test: install  ## ruff, then every test: real Triton, gateway and Redis (what CI runs)
+test: install tools  ## ruff, then every test: real Triton, gateway and Redis (what CI runs)
 	$(BIN)/ruff check .
 	$(PYTEST) -ra
 
 test-fast: install  ## the unit tier only: nothing started, about 15 s
 	$(PYTEST) -q tests/unit
 
-test-quick: install  ## everything not marked slow (no wheel build, benchmark or model training)
+test-quick: install tools  ## everything not marked slow (no wheel build, benchmark or model training)
 	$(PYTEST) -q -ra -m "not slow"
 
 install: $(VENV)/.installed
@@ -29,6 +29,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[cpu,dev,bench]"
 	touch $@
 
+tools: .tools/.installed  ## helm, kubectl, prometheus, promtool into .tools/bin (the operate checks)
+
+.tools/.installed: build/tools/install.sh
+	build/tools/install.sh
+	touch $@
+
 model: install  ## build the tiny MoE checkpoint (localmoe up does this when missing)
 	$(BIN)/localmoe build tiny
 
@@ -37,7 +43,7 @@ lint: install  ## ruff check and ruff format --check
 	$(BIN)/ruff format --check .
 
 clean:  ## remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .ruff_cache
 
 help:  ## list these targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'

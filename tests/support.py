@@ -28,6 +28,23 @@ def byte_level_tokenizer(corpus: list[str], vocab_size: int) -> Any:
     return tokenizer
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tool(name: str) -> str:
+    """The path of an operate-check binary (helm, kubectl, prometheus, promtool): `.tools/bin`
+    first (`make tools`), then PATH. A missing tool fails the test; it is never skipped."""
+    import shutil
+
+    local = REPO / ".tools" / "bin" / name
+    if local.is_file():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise AssertionError(f"{name} not found: run `make tools` (build/tools/install.sh)")
+    return found
+
+
 def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 right now."""
     with socket.socket() as sock:
