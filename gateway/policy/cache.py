@@ -36,10 +36,13 @@ logger = logging.getLogger(__name__)
 
 LOOKUPS = Counter(
     "localmoe_cache_lookups_total",
-    "Response cache lookups by result (hit in this process, hit in Redis, miss)",
-    ["result"],
+    "Response cache lookups by tier (local: this process, redis) and result (hit, miss); a "
+    "local miss goes on to Redis when Redis is configured and usable",
+    ["tier", "result"],
 )
-_LOCAL_HIT, _REDIS_HIT, _MISS = (LOOKUPS.labels(r) for r in ("local_hit", "redis_hit", "miss"))
+_LOCAL_HIT, _LOCAL_MISS, _REDIS_HIT, _REDIS_MISS = (
+    LOOKUPS.labels(tier, result) for tier in ("local", "redis") for result in ("hit", "miss")
+)
 STORAGE_ERRORS = Counter(
     "localmoe_cache_storage_errors_total",
     "Response cache storage (Redis) calls that failed",
@@ -175,6 +178,7 @@ class ResponseCache:
         else:
             _LOCAL_HIT.inc()
             return value
+        _LOCAL_MISS.inc()
         if self._redis is not None and self._redis_usable():
             try:
                 data = await self._redis.get(_REDIS_PREFIX + key)
@@ -192,7 +196,7 @@ class ResponseCache:
                             self._local[key] = (value, expires_at)
                             _REDIS_HIT.inc()
                             return value
-        _MISS.inc()
+                _REDIS_MISS.inc()
         return None
 
     async def put(self, key: str, value: CachedCompletion) -> None:

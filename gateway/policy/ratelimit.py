@@ -49,7 +49,18 @@ REJECTIONS = Counter(
     ["kind"],
 )
 
+DECISIONS = Counter(
+    "localmoe_ratelimit_decisions_total",
+    "Rate-limit decisions on requests that have limits, by kind (requests, tokens) and decision",
+    ["kind", "decision"],
+)
+
 _REQUESTS_REFUSED, _TOKENS_REFUSED = REJECTIONS.labels("requests"), REJECTIONS.labels("tokens")
+_REQUESTS_ADMITTED, _REQUESTS_DENIED, _TOKENS_ADMITTED, _TOKENS_DENIED = (
+    DECISIONS.labels(kind, decision)
+    for kind in ("requests", "tokens")
+    for decision in ("admitted", "refused")
+)
 
 _TEST, _ADMIT, _ADD = 0, 1, 2
 
@@ -163,8 +174,10 @@ class RateLimiter:
         requests = _binding_state(limits, values, 0)
         tokens = _binding_state(token_limits, values, 2 * len(keys)) if token_keys else None
         if allowed:
+            _REQUESTS_ADMITTED.inc()
             return LimitDecision(True, requests, tokens)
         _REQUESTS_REFUSED.inc()
+        _REQUESTS_DENIED.inc()
         retry_after, message = self._refusal("requests", 1, keys, limits, values)
         return LimitDecision(False, requests, tokens, retry_after, message)
 
@@ -177,8 +190,10 @@ class RateLimiter:
         allowed, values = await self._apply(_TEST, cost, keys, limits, ())
         tokens = _binding_state(limits, values, 0)
         if allowed:
+            _TOKENS_ADMITTED.inc()
             return LimitDecision(True, None, tokens)
         _TOKENS_REFUSED.inc()
+        _TOKENS_DENIED.inc()
         retry_after, message = self._refusal("tokens", cost, keys, limits, values)
         return LimitDecision(False, None, tokens, retry_after, message)
 
@@ -194,9 +209,11 @@ class RateLimiter:
             return None
         allowed = self.room_for(admitted, prompt_tokens)
         if allowed is not None:
+            _TOKENS_ADMITTED.inc()
             return allowed
         cost = max(0, prompt_tokens)
         _TOKENS_REFUSED.inc()
+        _TOKENS_DENIED.inc()
         per = self._per()
         if cost > state.limit:
             message = (

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import sys
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from gateway.triton import metrics
+from gateway.triton.metrics import Attempt
 
 log = logging.getLogger("localmoe.triton")
 
@@ -67,8 +70,18 @@ class Upstream:
     channel: grpc.aio.Channel
     stub: service_pb2_grpc.GRPCInferenceServiceStub
     streams: list[SharedStream | None] = field(default_factory=list)
-    ready: bool = False
+    _ready: bool = False
     _next_stream: int = 0
+
+    @property
+    def ready(self) -> bool:
+        """Answered its last readiness probe and did not fail a request since."""
+        return self._ready
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        self._ready = value
+        metrics.set_up(self.url, value)
 
     @classmethod
     def open(cls, url: str, shared_streams: int) -> Upstream:
@@ -284,6 +297,7 @@ class TritonPool:
             request.id = client_id
             inbox = stream.open(request)
             started = ended = False
+            attempt = Attempt(upstream.url)
             # The deadline arrives in the inbox like a response: the request's task may be busy
             # outside this generator (writing to its client), where a cancellation would land.
             deadline = None
@@ -299,12 +313,15 @@ class TritonPool:
                         ended = True  # Triton ended the request with the error
                         raise _model_error(model, response.error_message)
                     item, ended = parse(response.infer_response)
+                    if ended:
+                        attempt.outcome = "ok"
                     yield item
                     if ended:
                         return
             except grpc.aio.AioRpcError as exc:
                 ended = True  # the call is gone, and with it the request
                 if _unreachable(upstream, exc, started):
+                    attempt.retried()
                     continue
                 raise _rpc_error(upstream, exc) from exc
             except UpstreamUnavailable:
@@ -312,8 +329,10 @@ class TritonPool:
                     raise
                 ended = True  # the stream broke before the request started: try another
                 log.warning("upstream %s stopped answering, trying the next one", upstream.url)
+                attempt.retried()
                 continue
             finally:
+                attempt.finish(sys.exc_info()[1])
                 if deadline is not None:
                     deadline.cancel()
                 stream.forget(request.id)
@@ -332,6 +351,7 @@ class TritonPool:
             tried.add(upstream)
             call = upstream.stub.ModelStreamInfer(timeout=self._stream_timeout_s)
             started = complete = False
+            attempt = Attempt(upstream.url)
             try:
                 await call.write(request)
                 # Our side stays open until the final response: half-closing early would let
@@ -346,15 +366,19 @@ class TritonPool:
                     if response.error_message:
                         raise _model_error(model, response.error_message)
                     item, complete = parse(response.infer_response)
+                    if complete:
+                        attempt.outcome = "ok"
                     yield item
                     if complete:
                         await call.done_writing()
                         return
             except grpc.aio.AioRpcError as exc:
                 if _unreachable(upstream, exc, started):
+                    attempt.retried()
                     continue
                 raise _rpc_error(upstream, exc) from exc
             finally:
+                attempt.finish(sys.exc_info()[1])
                 if not complete:
                     call.cancel()
 

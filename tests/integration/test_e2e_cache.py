@@ -25,6 +25,7 @@ from tests.gateway_fixtures import (
     start_gateway,
     stop_gateway,
 )
+from tests.support import metric_value
 
 UNCACHED_MODEL = "tiny-moe-uncached"
 
@@ -93,9 +94,25 @@ def _text(reply: Any) -> str:
 
 def test_identical_request_is_a_hit_with_the_same_answer(cache_gw: GatewayProcess) -> None:
     messages = _prompt()
+    lookups = f"{cache_gw.url}/metrics"
+    before = {
+        (tier, result): metric_value(
+            lookups, "localmoe_cache_lookups_total", tier=tier, result=result
+        )
+        for tier in ("local", "redis")
+        for result in ("hit", "miss")
+    }
     first_status, first = _chat(cache_gw, messages)
     second_status, second = _chat(cache_gw, messages)
     assert (first_status, second_status) == ("miss", "hit")
+    grew = {
+        key: metric_value(lookups, "localmoe_cache_lookups_total", tier=key[0], result=key[1])
+        - value
+        for key, value in before.items()
+    }
+    # The first lookup missed here and in Redis; the second hit in this process.
+    assert grew == {("local", "hit"): 1, ("local", "miss"): 1, ("redis", "hit"): 0,
+                    ("redis", "miss"): 1}  # fmt: skip
     assert _text(second) == _text(first)
     assert second.choices[0].finish_reason == first.choices[0].finish_reason
     assert second.usage == first.usage

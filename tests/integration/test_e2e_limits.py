@@ -133,10 +133,20 @@ def test_refusal_is_429_rate_limit_exceeded_with_retry_after(
     open_gw: GatewayProcess, closed_gw: GatewayProcess, model_id: str
 ) -> None:
     token = _token(rpm=2)
+    metrics = f"{open_gw.url}/metrics"
+    decisions = {
+        d: metric_value(metrics, "localmoe_ratelimit_decisions_total", kind="requests", decision=d)
+        for d in ("admitted", "refused")
+    }
     assert _post(open_gw, token, _completion(model_id)).status_code == 200
     assert _post(closed_gw, token, _completion(model_id)).status_code == 200
     refused = _post(open_gw, token, _completion(model_id))
     assert refused.status_code == 429
+    for decision, grew in (("admitted", 1), ("refused", 1)):  # this replica's own decisions
+        after = metric_value(
+            metrics, "localmoe_ratelimit_decisions_total", kind="requests", decision=decision
+        )
+        assert after - decisions[decision] == grew
     error = refused.json()["error"]
     assert (error["code"], error["type"]) == ("rate_limit_exceeded", "requests")
     assert "Rate limit reached for requests per minute" in error["message"]

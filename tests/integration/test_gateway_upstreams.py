@@ -10,7 +10,9 @@ import openai
 import pytest
 
 from tests.gateway_fixtures import GatewayProcess, start_gateway, stop_gateway
-from tests.support import free_port
+from tests.support import free_port, metric_value, wait_for
+
+DEAD = f"127.0.0.1:{free_port()}"
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +21,7 @@ def gateway_with_a_dead_replica(
 ) -> Iterator[GatewayProcess]:
     """A gateway whose first upstream is a port nobody listens on."""
     process = start_gateway(
-        tmp_path_factory.mktemp("two-upstreams"),
-        triton_urls=[f"127.0.0.1:{free_port()}", triton.grpc_url],
+        tmp_path_factory.mktemp("two-upstreams"), triton_urls=[DEAD, triton.grpc_url]
     )
     yield process
     stop_gateway(process)
@@ -37,6 +38,38 @@ def test_requests_skip_an_upstream_that_is_down(
             client.completions.create(model=model_id, prompt="Hi", max_tokens=2) for _ in range(4)
         ]
     assert all(r.choices[0].finish_reason in ("stop", "length") for r in replies)
+
+
+def test_upstream_metrics_show_which_replica_is_down_and_what_the_live_one_served(
+    gateway_with_a_dead_replica: GatewayProcess, triton: Any, model_id: str
+) -> None:
+    gateway = gateway_with_a_dead_replica
+    dead, live = DEAD, triton.grpc_url
+    metrics = f"{gateway.url}/metrics"
+    served = metric_value(metrics, "localmoe_upstream_requests_total", upstream=live, outcome="ok")
+    with openai.OpenAI(base_url=gateway.base_url, api_key=gateway.token, max_retries=0) as client:
+        for _ in range(3):
+            client.completions.create(model=model_id, prompt="Hi", max_tokens=2)
+        stream = client.completions.create(model=model_id, prompt="Hi", max_tokens=64, stream=True,
+                                           extra_body={"ignore_eos": True})  # fmt: skip
+        next(iter(stream))
+        stream.close()  # hang up early: the attempt on Triton is cancelled
+
+    def value(name: str, **labels: str) -> float:
+        return metric_value(metrics, name, **labels)
+
+    assert value("localmoe_upstream_up", upstream=dead) == 0
+    assert value("localmoe_upstream_up", upstream=live) == 1
+    assert value("localmoe_upstream_requests_total", upstream=live, outcome="ok") - served == 3
+    assert value("localmoe_upstream_requests_total", upstream=dead, outcome="ok") == 0
+    assert wait_for(
+        lambda: (
+            value("localmoe_upstream_requests_total", upstream=live, outcome="cancelled") >= 1
+            and value("localmoe_upstream_requests_in_flight", upstream=live) == 0
+        ),
+        timeout=10,
+    )
+    assert value("localmoe_upstream_request_duration_seconds_count", upstream=live) >= 4
 
 
 def test_ready_while_one_replica_is_up(gateway_with_a_dead_replica: GatewayProcess) -> None:

@@ -207,14 +207,14 @@ async def test_entry_stored_by_one_instance_is_hit_by_another_through_redis(
 ) -> None:
     writer = ResponseCache(CacheSettings(ttl_s=60), redis_url=redis_url)
     reader = ResponseCache(CacheSettings(ttl_s=60), redis_url=redis_url)
-    before = _metric("localmoe_cache_lookups_total", result="redis_hit")
+    before = _metric("localmoe_cache_lookups_total", tier="redis", result="hit")
     try:
         await writer.put(_key(CHAT), ANSWER)
         assert await reader.get(_key(CHAT)) == ANSWER
     finally:
         await writer.aclose()
         await reader.aclose()
-    assert _metric("localmoe_cache_lookups_total", result="redis_hit") == before + 1
+    assert _metric("localmoe_cache_lookups_total", tier="redis", result="hit") == before + 1
 
 
 async def test_redis_entry_expires_with_the_ttl(redis_url: str) -> None:
