@@ -1,0 +1,1 @@
+"""Dashboards and alert rules for LocalMoE, generated from code."""
