@@ -42,7 +42,6 @@ from gateway.settings import Settings
 log = logging.getLogger("localmoe.gateway")
 
 _READY_WAIT_S = 120.0
-_GRACEFUL_SHUTDOWN_S = 5
 _UP_TOKEN_TTL_S = 7 * 24 * 3600
 # Exit status for a configuration that cannot work (as argparse uses for bad arguments).
 _CONFIG_ERROR = 2
@@ -167,7 +166,7 @@ def _config(app: FastAPI | str, settings: Settings, **extra: Any) -> uvicorn.Con
         lifespan="on",
         log_config=None,
         access_log=False,  # ours is structured and carries the request id
-        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
+        timeout_graceful_shutdown=round(settings.drain_timeout_s),
         **extra,
     )
 

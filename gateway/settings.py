@@ -209,6 +209,9 @@ class Settings(BaseSettings):
     """One line per record: JSON with the record's fields, or plain text."""
     access_log: bool = True
     """One structured line per request, with its `x-request-id`."""
+    drain_timeout_s: float = Field(default=30.0, ge=1)
+    """On SIGTERM/SIGINT: stop accepting, let open requests and streams finish for this long,
+    then close the rest (Kubernetes: keep `terminationGracePeriodSeconds` above it)."""
 
     triton: TritonSettings = Field(default_factory=TritonSettings)
     requests: RequestSettings = Field(default_factory=RequestSettings)

@@ -111,6 +111,7 @@ def start_gateway(
     log_path = workdir / "gateway.log"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("LOCALMOE_")}
     environ["LOCALMOE_TRITON__HEALTH_INTERVAL_S"] = "0.5"
+    environ["LOCALMOE_DRAIN_TIMEOUT_S"] = "5"  # stops between tests stay short
     environ["LOCALMOE_AUTH__JWT_SECRET"] = TEST_SECRET
     environ["LOCALMOE_AUTH__ISSUER"] = TEST_ISSUER
     environ["LOCALMOE_AUTH__AUDIENCE"] = TEST_AUDIENCE
