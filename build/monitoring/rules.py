@@ -45,7 +45,7 @@ class Thresholds:
     api_route_regex: str = "/v1/.+"
     error_ratio: float = 0.05
     error_for: str = "5m"
-    min_request_rate: float = 0.05
+    min_request_rate: float = 0.01
     ttft_p99_slo_seconds: float = 2.0
     ttft_for: str = "10m"
     # Upstreams and Triton.
@@ -222,34 +222,39 @@ def _gateway(t: Thresholds) -> list[Alert]:
                 "and /health/ready fails."
             ),
         ),
-        Alert(
+        _redis_errors(
+            t,
             name="LocalMoERateLimitRedisErrors",
-            expr=(
-                "sum by (namespace, job) (rate(localmoe_ratelimit_storage_errors_total[5m])) > 0\n"
-            ),
-            for_=t.redis_errors_for,
-            severity="warning",
-            summary=f"The rate limiter of {gateway} cannot use Redis.",
-            description=(
-                f"Rate-limit calls to Redis from {gateway} have been failing for "
-                f"{t.redis_errors_for} ({{{{ $value | humanize }}}} errors/s): limits are "
-                "enforced per process (ratelimit.fail_open: true) or generation requests get "
-                "503 (fail_open: false)."
-            ),
+            counter="localmoe_ratelimit_storage_errors_total",
+            what="rate limiter",
+            consequence="limits are enforced per process (ratelimit.fail_open: true) or "
+            "generation requests get 503 (fail_open: false)",
         ),
-        Alert(
+        _redis_errors(
+            t,
             name="LocalMoECacheRedisErrors",
-            expr=("sum by (namespace, job) (rate(localmoe_cache_storage_errors_total[5m])) > 0\n"),
-            for_=t.redis_errors_for,
-            severity="warning",
-            summary=f"The response cache of {gateway} cannot use Redis.",
-            description=(
-                f"Response-cache calls to Redis from {gateway} have been failing for "
-                f"{t.redis_errors_for} ({{{{ $value | humanize }}}} errors/s): every replica "
-                "serves from its own in-process cache only, and the engine sees the misses."
-            ),
+            counter="localmoe_cache_storage_errors_total",
+            what="response cache",
+            consequence="every replica serves from its own in-process cache only, and the "
+            "engine sees the misses",
         ),
     ]
+
+
+def _redis_errors(t: Thresholds, *, name: str, counter: str, what: str, consequence: str) -> Alert:
+    gateway = "{{ $labels.namespace }}/{{ $labels.job }}"
+    return Alert(
+        name=name,
+        expr=f"sum by (namespace, job) (increase({counter}[5m])) > 0\n",
+        for_=t.redis_errors_for,
+        severity="warning",
+        summary=f"The {what} of {gateway} cannot use Redis.",
+        description=(
+            f"Calls of the {what} of {gateway} to Redis have been failing for "
+            f"{t.redis_errors_for} ({{{{ $value | humanize }}}} errors in the last 5 minutes): "
+            f"{consequence}."
+        ),
+    )
 
 
 def _engine(t: Thresholds) -> list[Alert]:
