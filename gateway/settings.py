@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +23,8 @@ from pydantic_settings import (
 )
 
 DEFAULT_ROUTE = "tensorrt_llm_bls"
+# A Triton gRPC target: `host:port`, `[ipv6]:port` or `dns:///name:port`.
+_TARGET = re.compile(r"(dns:///)?(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):\d{1,5}")
 
 
 def _split(value: Any) -> Any:
@@ -66,16 +69,28 @@ class TritonSettings(_Section):
     urls: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["127.0.0.1:8001"], min_length=1
     )
-    """Triton gRPC endpoints (`host:port`); requests go round robin."""
+    """Triton gRPC endpoints: `host:port`, or `dns:///name:port` for every address the name
+    resolves to (a Kubernetes headless Service), looked up every `dns_interval_s`; requests go
+    round robin over the ready ones."""
     timeout_s: float | None = Field(default=None, gt=0)
     """Per-request limit on Triton; then 504 `upstream_timeout` and the request is stopped."""
     health_interval_s: float = Field(default=2.0, gt=0)
     """Active health checks of each upstream, and model discovery."""
+    dns_interval_s: float = Field(default=10.0, gt=0)
+    """How often `dns:///` entries of `urls` are resolved again (pods come and go)."""
     streams: int = Field(default=2, ge=0, le=64)
     """Long-lived gRPC streams per upstream shared by routes that take `stop` (0: one RPC per
     request)."""
 
     _split_urls = field_validator("urls", mode="before")(_split)
+
+    @field_validator("urls")
+    @classmethod
+    def _host_and_port(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not _TARGET.fullmatch(url):
+                raise ValueError(f"expected host:port or dns:///name:port, got {url!r}")
+        return urls
 
 
 class RequestSettings(_Section):

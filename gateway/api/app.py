@@ -73,6 +73,7 @@ def _lifespan(settings: Settings, access: Access) -> Lifespan:
         pool = TritonPool(
             settings.triton.urls,
             health_interval_s=settings.triton.health_interval_s,
+            dns_interval_s=settings.triton.dns_interval_s,
             stream_timeout_s=settings.triton.timeout_s,
             shared_streams=settings.triton.streams,
         )

@@ -35,6 +35,7 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.triton import metrics
+from gateway.triton.membership import Membership, Resolver, Targets, resolve
 from gateway.triton.metrics import Attempt
 
 log = logging.getLogger("localmoe.triton")
@@ -45,6 +46,8 @@ Response = service_pb2.ModelStreamInferResponse
 StopRequest = Callable[[str], Request]
 
 _PROBE_TIMEOUT_S = 1.0
+# An upstream whose address left DNS finishes what it carries for at most this long, then closes.
+_RETIRE_GRACE_S = 120.0
 # Triton's wording when the model is missing or still loading: a 503, not a 502.
 _NOT_SERVING = ("unknown model", "is not ready", "is not found", "not available")
 # As tritonclient's own channel: no message size limits, its keepalive defaults.
@@ -70,6 +73,7 @@ class Upstream:
     channel: grpc.aio.Channel
     stub: service_pb2_grpc.GRPCInferenceServiceStub
     streams: list[SharedStream | None] = field(default_factory=list)
+    in_flight: int = 0
     _ready: bool = False
     _next_stream: int = 0
 
@@ -228,28 +232,51 @@ class TritonPool:
         health_interval_s: float = 2.0,
         stream_timeout_s: float | None = None,
         shared_streams: int = 2,
+        dns_interval_s: float = 10.0,
+        resolver: Resolver = resolve,
     ):
-        self._urls = list(urls)
+        self._membership = Membership(Targets.parse(urls), resolver)
         self._health_interval_s = health_interval_s
+        self._dns_interval_s = dns_interval_s
         self._stream_timeout_s = stream_timeout_s
         self._shared_streams = shared_streams
         self.upstreams: list[Upstream] = []
         self._next = 0
-        self._monitor: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._retiring: dict[Upstream, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
-        """Open the clients, probe every upstream once, then keep probing in the background."""
-        self.upstreams = [Upstream.open(url, self._shared_streams) for url in self._urls]
+        """Resolve the upstreams, probe each once, then keep probing (and resolving `dns:///`
+        entries) in the background."""
+        await self.refresh()
         await self.check()
-        self._monitor = asyncio.create_task(self._probe_forever(), name="triton-health")
+        self._tasks.append(asyncio.create_task(self._probe_forever(), name="triton-health"))
+        if self._membership.targets.names:
+            self._tasks.append(asyncio.create_task(self._resolve_forever(), name="triton-dns"))
 
     async def close(self) -> None:
         """Stop probing and close every client."""
-        if self._monitor is not None:
-            self._monitor.cancel()
+        for task in [*self._tasks, *self._retiring.values()]:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
-        await asyncio.gather(*(u.close() for u in self.upstreams), return_exceptions=True)
+                await task
+        everything = [*self.upstreams, *self._retiring]
+        await asyncio.gather(*(u.close() for u in everything), return_exceptions=True)
+
+    async def refresh(self) -> None:
+        """Bring the upstreams in line with the configuration and DNS: new addresses are opened
+        and probed, vanished ones stop taking requests and close once idle."""
+        urls = await self._membership.current()
+        wanted = set(urls)
+        known = {u.url: u for u in self.upstreams}
+        added = [Upstream.open(url, self._shared_streams) for url in urls if url not in known]
+        opened = {u.url: u for u in added}
+        gone = [u for u in self.upstreams if u.url not in wanted]
+        await asyncio.gather(*(self._probe(u) for u in added))
+        self.upstreams = [known.get(url) or opened[url] for url in urls]
+        for upstream in gone:
+            log.info("upstream %s left, closing it once idle", upstream.url)
+            self._retiring[upstream] = asyncio.create_task(self._retire(upstream))
 
     def ready(self) -> bool:
         """True when at least one upstream answered its last readiness probe."""
@@ -297,7 +324,7 @@ class TritonPool:
             request.id = client_id
             inbox = stream.open(request)
             started = ended = False
-            attempt = Attempt(upstream.url)
+            attempt = Attempt(upstream)
             # The deadline arrives in the inbox like a response: the request's task may be busy
             # outside this generator (writing to its client), where a cancellation would land.
             deadline = None
@@ -351,7 +378,7 @@ class TritonPool:
             tried.add(upstream)
             call = upstream.stub.ModelStreamInfer(timeout=self._stream_timeout_s)
             started = complete = False
-            attempt = Attempt(upstream.url)
+            attempt = Attempt(upstream)
             try:
                 await call.write(request)
                 # Our side stays open until the final response: half-closing early would let
@@ -409,6 +436,21 @@ class TritonPool:
         while True:
             await asyncio.sleep(self._health_interval_s)
             await self.check()
+
+    async def _resolve_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._dns_interval_s)
+            await self.refresh()
+
+    async def _retire(self, upstream: Upstream) -> None:
+        deadline = asyncio.get_running_loop().time() + _RETIRE_GRACE_S
+        try:
+            while upstream.in_flight and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.5)
+            await upstream.close()
+        finally:
+            metrics.set_up(upstream.url, False)
+            self._retiring.pop(upstream, None)
 
 
 def _unreachable(upstream: Upstream, exc: grpc.aio.AioRpcError, started: bool) -> bool:

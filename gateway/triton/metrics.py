@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -76,13 +76,22 @@ def set_up(url: str, ready: bool) -> None:
     _of(url).up.set(1 if ready else 0)
 
 
+class Counted(Protocol):
+    """What an attempt counts itself on: the upstream's URL and its in-flight count."""
+
+    url: str
+    in_flight: int
+
+
 class Attempt:
     """One request on one upstream: in flight from creation until `finish`."""
 
-    __slots__ = ("_series", "_started", "outcome")
+    __slots__ = ("_series", "_started", "_upstream", "outcome")
 
-    def __init__(self, url: str) -> None:
-        self._series = _of(url)
+    def __init__(self, upstream: Counted) -> None:
+        self._upstream = upstream
+        upstream.in_flight += 1
+        self._series = _of(upstream.url)
         self._series.in_flight.inc()
         self._started = time.perf_counter()
         self.outcome: str | None = None
@@ -94,6 +103,7 @@ class Attempt:
 
     def finish(self, error: BaseException | None) -> None:
         """The attempt ended: completed (`outcome` "ok"), or with `error` propagating."""
+        self._upstream.in_flight -= 1
         series = self._series
         series.in_flight.dec()
         series.duration.observe(time.perf_counter() - self._started)

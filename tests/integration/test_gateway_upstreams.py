@@ -75,3 +75,24 @@ def test_upstream_metrics_show_which_replica_is_down_and_what_the_live_one_serve
 def test_ready_while_one_replica_is_up(gateway_with_a_dead_replica: GatewayProcess) -> None:
     response = httpx.get(f"{gateway_with_a_dead_replica.url}/health/ready", timeout=10)
     assert response.status_code == 200
+
+
+def test_a_dns_entry_stands_for_every_address_of_the_name(
+    triton: Any, model_id: str, tmp_path: Any
+) -> None:
+    port = triton.grpc_url.rpartition(":")[2]
+    gateway = start_gateway(tmp_path, triton_urls=[f"dns:///localhost:{port}"])
+    try:
+        with openai.OpenAI(
+            base_url=gateway.base_url, api_key=gateway.token, max_retries=0
+        ) as client:
+            reply = client.completions.create(model=model_id, prompt="Hi", max_tokens=2)
+        assert reply.choices[0].finish_reason in ("stop", "length")
+        metrics = f"{gateway.url}/metrics"
+        assert metric_value(metrics, "localmoe_upstream_up", upstream=f"127.0.0.1:{port}") == 1
+        served = metric_value(
+            metrics, "localmoe_upstream_requests_total", upstream=f"127.0.0.1:{port}", outcome="ok"
+        )
+        assert served == 1
+    finally:
+        stop_gateway(gateway)
