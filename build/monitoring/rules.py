@@ -61,6 +61,8 @@ class Thresholds:
     kv_cache_fraction: float = 0.9
     kv_cache_for: str = "10m"
     expert_imbalance_ratio: float = 3.0
+    # Below this many tokens/s a window holds too few routings for the ratio to mean anything.
+    expert_imbalance_min_token_rate: float = 1.0
     expert_imbalance_for: str = "15m"
     # kube-state-metrics: which of its series, and which workloads are LocalMoE's.
     kube_state_metrics_selector: str = 'job="kube-state-metrics"'
@@ -212,14 +214,22 @@ def _gateway(t: Thresholds) -> list[Alert]:
         ),
         Alert(
             name="LocalMoETritonNotReady",
-            expr="max by (namespace, job) (localmoe_upstream_up) == 0\n",
+            # The second half: a gateway that is up (its in-flight gauge always exists) with no
+            # upstream at all, e.g. DNS discovery finding no Triton pod.
+            expr=(
+                "max by (namespace, job) (localmoe_upstream_up) == 0\n"
+                "or (\n"
+                "  max by (namespace, job) (localmoe_http_requests_in_flight) * 0\n"
+                "    unless on (namespace, job) localmoe_upstream_up\n"
+                ")\n"
+            ),
             for_=t.triton_not_ready_for,
             severity="critical",
             summary=f"The gateway {gateway} has no ready Triton upstream.",
             description=(
-                f"Every Triton upstream of the gateway {gateway} has failed its readiness "
-                f"probe for {t.triton_not_ready_for}: generation requests are answered 503 "
-                "and /health/ready fails."
+                f"No Triton upstream of the gateway {gateway} has passed its readiness probe "
+                f"for {t.triton_not_ready_for} (or it has none): generation requests are "
+                "answered 503 and /health/ready fails."
             ),
         ),
         _redis_errors(
@@ -314,7 +324,7 @@ def _engine(t: Thresholds) -> list[Alert]:
                 "and on (job, instance, model)\n"
                 "  sum by (job, instance, model) (\n"
                 '    rate(nv_moe_engine_steps_total{kind=~"decode_tokens|prefill_tokens"}[5m])\n'
-                "  ) > 0\n"
+                f"  ) > {_num(t.expert_imbalance_min_token_rate)}\n"
             ),
             for_=t.expert_imbalance_for,
             severity="warning",
