@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,18 +31,34 @@ class StepOutput:
     finish_reason: str | None  # "stop" | "length" | "cancelled" | "error" | None
 
 
+@dataclass(frozen=True)
+class IterationStats:
+    """What one engine iteration ran; all zero while the engine is idle."""
+
+    scheduled: int = 0  # requests the iteration prefilled or decoded (or both)
+    context_requests: int = 0  # requests prefilled
+    context_tokens: int = 0  # prompt tokens prefilled
+    generation_requests: int = 0  # requests in the decode step
+
+
 @dataclass
 class EngineStats:
     """A snapshot of the engine's load and cumulative work."""
 
-    active: int
-    waiting: int
+    active: int  # requests holding a slot
+    waiting: int  # requests queued for a slot
     max_batch_size: int
     peak_active: int
     decode_steps_total: int
     decode_tokens_total: int
     prefill_tokens_total: int
     finished_total: int
+    iterations_total: int = 0  # iterations that ran at least one request
+    last_iteration: IterationStats = IterationStats()  # the latest, or zeros when idle
+    last_iteration_time: float = 0.0  # time.time() at the end of the latest iteration
+    kv_used_blocks: int = 0  # KV-cache blocks holding positions of active requests
+    kv_max_blocks: int = 0
+    kv_tokens_per_block: int = 0
 
 
 @dataclass(eq=False)
@@ -90,6 +107,9 @@ class Engine:
         self._decode_tokens = 0
         self._prefill_tokens = 0
         self._finished = 0
+        self._iterations = 0
+        self._iteration = _IDLE
+        self._iteration_time = 0.0
 
     @classmethod
     def from_pretrained(cls, path: str | Path, config: EngineConfig | None = None) -> Engine:
@@ -203,9 +223,10 @@ class Engine:
         with self._cond:
             waiting = len(self._incoming)
         # Finished requests leave _running only after their final callback; don't count them.
-        active = sum(not r.finished for r in list(self._running))
+        running = [r for r in list(self._running) if not r.finished]
+        cache = self._cache
         return EngineStats(
-            active=active,
+            active=len(running),
             waiting=waiting + len(self._waiting),
             max_batch_size=self.config.max_batch_size,
             peak_active=self._peak_active,
@@ -213,11 +234,21 @@ class Engine:
             decode_tokens_total=self._decode_tokens,
             prefill_tokens_total=self._prefill_tokens,
             finished_total=self._finished,
+            iterations_total=self._iterations,
+            last_iteration=self._iteration,
+            last_iteration_time=self._iteration_time,
+            kv_used_blocks=sum(cache.blocks_for(r.length) for r in running),
+            kv_max_blocks=cache.max_blocks,
+            kv_tokens_per_block=cache.tokens_per_block,
         )
 
     def expert_counts(self) -> list[list[int]]:
         """Cumulative tokens routed to each expert, `[layer][expert]`, prefill and decode."""
         return self.model.expert_counts.tolist()
+
+    def expert_counts_tensor(self) -> torch.Tensor:
+        """`expert_counts()` as a `[layers, experts]` int64 copy; safe from any thread."""
+        return self.model.expert_counts.clone()
 
     def shutdown(self, timeout: float | None = 30.0) -> None:
         """Stop the thread; every unfinished request gets a final "cancelled" output."""
@@ -245,6 +276,7 @@ class Engine:
                     while not (
                         self._stopping or self._incoming or self._cancel_ids or self._has_work()
                     ):
+                        self._iteration = _IDLE
                         self._cond.wait()
                     if self._stopping:
                         break
@@ -270,16 +302,32 @@ class Engine:
         self._waiting = deque(r for r in self._waiting if not r.finished)
         self._compact()
 
+        prefilled: list[_Request] = []
         while self._waiting and len(self._running) < self.config.max_batch_size:
-            self._prefill(self._waiting.popleft())
+            request = self._waiting.popleft()
+            if self._prefill(request):
+                prefilled.append(request)
         self._compact()
         self._peak_active = max(self._peak_active, len(self._running))
 
+        batch = len(self._running)
+        # Requests that ended on their first token are scheduled too, though not decoded.
+        done_at_prefill = sum(r.finished for r in prefilled)
         if self._running:
             self._decode()
             self._compact()
+        if batch or prefilled:
+            self._iterations += 1
+            self._iteration = IterationStats(
+                scheduled=batch + done_at_prefill,
+                context_requests=len(prefilled),
+                context_tokens=sum(len(r.prompt) for r in prefilled),
+                generation_requests=batch,
+            )
+            self._iteration_time = time.time()
 
-    def _prefill(self, request: _Request) -> None:
+    def _prefill(self, request: _Request) -> bool:
+        """Prefill `request` into the next slot; False if its prefill failed."""
         slot = len(self._running)
         try:
             prompt = torch.tensor(request.prompt, dtype=torch.long)
@@ -290,11 +338,12 @@ class Engine:
         except Exception:
             logger.exception("prefill failed for request %s", request.id)
             self._finish(request, "error")
-            return
+            return False
         request.slot, request.length = slot, len(request.prompt)
         self._running.append(request)
         self._prefill_tokens += len(request.prompt)
         self._accept(request, tokens[0], logprobs[0] if logprobs else None)
+        return True
 
     def _decode(self) -> None:
         running = self._running
@@ -384,6 +433,9 @@ class Engine:
             self._finish(request, "cancelled")
         self._waiting.clear()
         self._running = []
+
+
+_IDLE = IterationStats()
 
 
 def _ends_with_any(output: list[int], sequences: tuple[tuple[int, ...], ...]) -> bool:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import torch
 
+BLOCK_TOKENS = 64
+"""Positions per block when the cache reports its occupancy in TensorRT-LLM's terms (blocks of a
+paged pool). Accounting only: the memory is one preallocated tensor, not a pool of pages."""
+
 
 class KVCache:
     """Keys and values as `[layers, slots, kv_heads, max_seq_len, head_dim]`, allocated once.
@@ -33,6 +37,19 @@ class KVCache:
         with torch.inference_mode():
             self.k[:, dst, :, :length] = self.k[:, src, :, :length]
             self.v[:, dst, :, :length] = self.v[:, src, :, :length]
+
+    @property
+    def tokens_per_block(self) -> int:
+        return min(BLOCK_TOKENS, self.max_seq_len)
+
+    @property
+    def max_blocks(self) -> int:
+        """Blocks in the whole cache: every slot's `max_seq_len` positions, in blocks."""
+        return self.num_slots * self.blocks_for(self.max_seq_len)
+
+    def blocks_for(self, length: int) -> int:
+        """Blocks holding a sequence's first `length` positions (a partly filled one counts)."""
+        return -(-length // self.tokens_per_block)
 
     @property
     def nbytes(self) -> int:

@@ -33,6 +33,7 @@ PROFILES: dict[str, dict[str, str]] = {
         "preprocessing_instance_count": "1",
         "postprocessing_instance_count": "1",
         "bls_instance_count": "1",
+        "expert_metrics_max_series": "2048",
     },
 }
 

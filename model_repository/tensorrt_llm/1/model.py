@@ -14,7 +14,10 @@ import triton_python_backend_utils as pb_utils
 
 from moe_engine import Engine, EngineConfig
 from moe_engine.python_backend import triton_logging as engine_logs
-from moe_engine.python_backend.engine_metrics import EngineMetrics
+from moe_engine.python_backend.engine_metrics import (
+    DEFAULT_EXPERT_MAX_SERIES,
+    start_engine_metrics,
+)
 from moe_engine.python_backend.engine_requests import EngineRequests
 from moe_engine.python_backend.responses import triton_kit
 from moe_engine.python_backend.text import load_tokenizer
@@ -45,8 +48,15 @@ class TritonPythonModel:
             max_queue_size=int(params.get("max_queue_size", "1024")),
         )
         engine.start()
-        self.metrics = EngineMetrics(engine, _metric_family)
-        self.metrics.start()
+        self.metrics = start_engine_metrics(
+            engine,
+            _metric_family,
+            model=args["model_name"],
+            version=args["model_version"],
+            expert_max_series=_int_param(
+                params, "expert_metrics_max_series", DEFAULT_EXPERT_MAX_SERIES
+            ),
+        )
 
     def execute(self, requests: list) -> None:
         # Not `async`: handling only queues work for the engine thread, and the Python backend
@@ -62,10 +72,21 @@ class TritonPythonModel:
         return None
 
     def finalize(self) -> None:
-        self.metrics.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         self.requests.close()
 
 
 def _metric_family(name: str, description: str, kind: str) -> pb_utils.MetricFamily:
     kinds = {"gauge": pb_utils.MetricFamily.GAUGE, "counter": pb_utils.MetricFamily.COUNTER}
     return pb_utils.MetricFamily(name=name, description=description, kind=kinds[kind])
+
+
+def _int_param(params: dict[str, str], name: str, default: int) -> int:
+    text = params.get(name, "")
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"parameter {name} must be an integer, got {text!r}") from None
