@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="start Triton, the gateway and Prometheus, drive a short load, plot every panel",
     )
     render.add_argument("--out", type=Path, default=checks.REPO / "docs" / "img")
-    render.add_argument("--load-seconds", type=float, default=20.0)
+    render.add_argument("--load-seconds", type=float, default=30.0)
     args = parser.parse_args(argv)
     if args.command == "generate":
         for path in checks.write():

@@ -24,8 +24,8 @@ EXTERNAL_PREFIXES = ("kube_",)
 dashboards do not)."""
 
 
-def dashboard_path(name: str, directory: Path = DASHBOARD_DIR) -> Path:
-    return directory / f"localmoe-{name}.json"
+def dashboard_path(name: str, directory: Path | None = None) -> Path:
+    return (directory or DASHBOARD_DIR) / f"localmoe-{name}.json"
 
 
 def render_json(dashboard: dict[str, Any]) -> str:
@@ -38,8 +38,9 @@ def generated() -> dict[str, str]:
     return {name: render_json(build().to_json()) for name, build in DASHBOARDS.items()}
 
 
-def write(directory: Path = DASHBOARD_DIR) -> list[Path]:
-    """Write every dashboard's JSON; the paths written."""
+def write(directory: Path | None = None) -> list[Path]:
+    """Write every dashboard's JSON (into the chart by default); the paths written."""
+    directory = directory or DASHBOARD_DIR
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, text in generated().items():
@@ -49,7 +50,7 @@ def write(directory: Path = DASHBOARD_DIR) -> list[Path]:
     return paths
 
 
-def stale(directory: Path = DASHBOARD_DIR) -> list[str]:
+def stale(directory: Path | None = None) -> list[str]:
     """The dashboards whose committed JSON differs from (or lacks) a fresh generation."""
     found = []
     for name, text in generated().items():
