@@ -7,13 +7,15 @@ import asyncio
 import re
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
 
+from gateway.local.repository import fill_repository
 from gateway.local.triton import TritonProcess
-from tests.integration.test_triton import _tensor
-from tests.support import wait_for
+from tests.integration.test_triton import _tensor, bls
+from tests.support import free_port, wait_for
 
 MODEL = {"model": "tensorrt_llm", "version": "1"}
 SLOTS = 8  # the CPU profile's engine_max_batch_size
@@ -188,3 +190,35 @@ def test_engine_metrics_have_nvidia_names_and_sane_values(triton: TritonProcess)
     for layer in range(LAYERS):
         ratio = value(samples, "nv_moe_expert_imbalance_ratio", layer=str(layer))
         assert 1 <= ratio <= EXPERTS / TOP_K, (layer, ratio)
+
+
+def test_expert_series_bound_is_a_repository_setting(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # `localmoe build repository --set expert_metrics_max_series=8`: one whole layer of 8 experts.
+    repository = fill_repository(
+        tmp_path / "repo", model_dir=tiny_model_dir, overrides={"expert_metrics_max_series": "8"}
+    )
+    server = TritonProcess(
+        repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
+    )
+    server.start()
+    try:
+        bls(server, max_tokens=4, temperature=0.0)
+
+        def layer_zero_counted() -> bool:
+            samples = scrape(server)
+            return any(
+                name == "nv_moe_expert_tokens_total" and value > 0
+                for (name, _), value in samples.items()
+            )
+
+        assert wait_for(layer_zero_counted, timeout=5)
+        samples = scrape(server)
+        experts = [dict(labels) for name, labels in samples if name == "nv_moe_expert_tokens_total"]
+        series = {(labels["layer"], labels["expert"]) for labels in experts}
+        assert series == {("0", str(e)) for e in range(EXPERTS)}
+        ratios = [value(samples, "nv_moe_expert_imbalance_ratio", layer=str(la)) for la in range(4)]
+        assert all(r >= 1 for r in ratios), ratios
+        log = "\n".join(server.log_tail)
+        assert "layers 0 kept (8 series), layers 1-3 dropped (24 series)" in log
+    finally:
+        server.stop()
