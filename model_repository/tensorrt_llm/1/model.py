@@ -31,6 +31,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         checkpoint = params["checkpoint_dir"]
+        expert_series = _int_param(params, "expert_metrics_max_series", DEFAULT_EXPERT_MAX_SERIES)
         engine = Engine.from_pretrained(
             checkpoint,
             EngineConfig(
@@ -53,9 +54,7 @@ class TritonPythonModel:
             _metric_family,
             model=args["model_name"],
             version=args["model_version"],
-            expert_max_series=_int_param(
-                params, "expert_metrics_max_series", DEFAULT_EXPERT_MAX_SERIES
-            ),
+            expert_max_series=expert_series,
         )
 
     def execute(self, requests: list) -> None:
@@ -86,7 +85,6 @@ def _int_param(params: dict[str, str], name: str, default: int) -> int:
     text = params.get(name, "")
     if not text:
         return default
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"parameter {name} must be an integer, got {text!r}") from None
+    if not text.isdigit():
+        raise ValueError(f"parameter {name} must be an integer >= 0, got {text!r}")
+    return int(text)
