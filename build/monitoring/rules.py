@@ -41,8 +41,9 @@ class Thresholds:
     scrape jobs and workloads that depend on how the deployment names things."""
 
     runbook_base_url: str = "docs/runbooks.md"
-    # The OpenAI API: 5xx ratio, and the traffic below which ratios and quantiles mean nothing.
-    api_route_regex: str = "/v1/.+"
+    # The 5xx ratio of the requests that are not health checks or scrapes, and the traffic below
+    # which ratios and quantiles mean nothing.
+    excluded_route_regex: str = "/health/.+|/metrics"
     error_ratio: float = 0.05
     error_for: str = "5m"
     min_request_rate: float = 0.01
@@ -156,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _gateway(t: Thresholds) -> list[Alert]:
-    api = f'route=~"{t.api_route_regex}"'
+    api = f'route!~"{t.excluded_route_regex}"'
     requests = f"sum by (namespace, job) (rate(localmoe_http_requests_total{{{api}}}[5m]))"
     ttft = "localmoe_time_to_first_token_seconds"
     gateway = "{{ $labels.namespace }}/{{ $labels.job }}"
@@ -173,9 +174,9 @@ def _gateway(t: Thresholds) -> list[Alert]:
             ),
             for_=t.error_for,
             severity="critical",
-            summary=f"The gateway {gateway} answers too many OpenAI API requests with 5xx.",
+            summary=f"The gateway {gateway} answers too many requests with 5xx.",
             description=(
-                "{{ $value | humanizePercentage }} of the OpenAI API requests to "
+                "{{ $value | humanizePercentage }} of the requests to "
                 f"{gateway} got a 5xx status over the last 5 minutes, for {t.error_for} "
                 f"(threshold {_percent(t.error_ratio)})."
             ),
