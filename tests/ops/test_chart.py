@@ -47,9 +47,17 @@ CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ScaledObject"}
 BIN = Path(sys.executable).parent
 
 
+# What `helm install` sees in a cluster with the Prometheus Operator (`monitoring.kind: auto`).
+WITH_OPERATOR = "monitoring.coreos.com/v1/ServiceMonitor"
+
+
 @functools.cache
-def _render(values: tuple[str, ...] = (), sets: tuple[str, ...] = ()) -> tuple[dict, ...]:
+def _render(
+    values: tuple[str, ...] = (), sets: tuple[str, ...] = (), api_versions: tuple[str, ...] = ()
+) -> tuple[dict, ...]:
     command = [tool("helm"), "template", RELEASE, str(CHART), "--namespace", NAMESPACE]
+    for api in api_versions:
+        command += ["--api-versions", api]
     for path in values:
         command += ["-f", path]
     for item in sets:
@@ -59,10 +67,11 @@ def _render(values: tuple[str, ...] = (), sets: tuple[str, ...] = ()) -> tuple[d
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
 
 
-def render(values: str | Path | None = None, *sets: str) -> list[dict]:
-    """The chart's objects for a CI values file (a name in ci/, or None) and `--set`s."""
+def render(values: str | Path | None = None, *sets: str, api: tuple[str, ...] = ()) -> list[dict]:
+    """The chart's objects for a CI values file (a name in ci/, or None) and `--set`s, in a
+    cluster serving the `api` versions besides the built-in ones."""
     files = () if values is None else (str(CHART / "ci" / f"{Path(values).stem}.yaml"),)
-    return list(_render(files, tuple(sets)))
+    return list(_render(files, tuple(sets), api))
 
 
 def refusal(*sets: str) -> str:
@@ -156,7 +165,7 @@ def test_manifests_validate_strictly_against_kubernetes_schemas(values: Path) ->
 
 
 def test_crd_objects_have_their_shape() -> None:
-    docs = render("everything") + render("cpu")
+    docs = render("everything") + render("cpu", api=(WITH_OPERATOR,))
     monitors = [d for d in docs if d["kind"] in ("ServiceMonitor", "PodMonitor")]
     assert {d["kind"] for d in monitors} == {"ServiceMonitor", "PodMonitor"}
     for monitor in monitors:
@@ -207,6 +216,19 @@ def _ports_of(doc: dict) -> list[dict]:
     if doc["kind"] == "Service":
         return doc["spec"]["ports"]
     return [p for c in doc["spec"]["template"]["spec"]["containers"] for p in c["ports"]]
+
+
+def test_monitors_by_default_only_where_the_prometheus_operator_is_installed() -> None:
+    def monitors(docs: list[dict]) -> list[str]:
+        return sorted(d["metadata"]["name"] for d in docs if d["kind"] == "ServiceMonitor")
+
+    assert monitors(render("cpu")) == []
+    assert monitors(render("cpu", api=(WITH_OPERATOR,))) == [
+        f"{RELEASE}-localmoe-gateway",
+        f"{RELEASE}-localmoe-triton",
+    ]
+    # Asked for by name, they are rendered regardless (the install then needs the CRDs).
+    assert len(monitors(render("production-jwks"))) == 2
 
 
 def test_rule_file_is_the_prometheus_rule_and_every_dashboard_a_configmap() -> None:
@@ -687,6 +709,23 @@ def test_chart_init_containers_run_the_dockerfile_build_lines() -> None:
         "--metrics-port",
         "8002",
     ]
+
+
+@pytest.mark.slow
+def test_gateway_builds_the_same_tokenizer_when_triton_builds_its_model(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # triton.cpu.model=initContainer: the model exists only inside the Triton pod, so the gateway's
+    # init container builds the tokenizer itself, without training weights (8 s, not 2 min).
+    deployment = one(render(None, "triton.cpu.model=initContainer"), "Deployment", "-gateway")
+    init = container(deployment, "tokenizer")
+    pod = _Pod(tmp_path, {"/tokenizer": tmp_path}, {})
+    result = subprocess.run(
+        pod.args(init["command"]), env=pod.env(init, []), capture_output=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
+        assert (tmp_path / "tiny-moe" / name).read_bytes() == (tiny_model_dir / name).read_bytes()
 
 
 @pytest.fixture(scope="module")
