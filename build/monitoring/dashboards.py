@@ -25,10 +25,20 @@ from monitoring.grafana import (
     sum_by,
 )
 
-__all__ = ["DASHBOARDS", "SLO", "engine", "experts", "gateway"]
+__all__ = ["DASHBOARDS", "SLO", "SLO_CHOICES", "engine", "experts", "gateway"]
 
-# SLO targets of the attainment tiles (each is a histogram bucket boundary).
-SLO = {"ttft_s": 0.5, "itl_s": 0.1, "e2e_s": 10.0, "availability": 0.99, "attainment": 0.95}
+# The attainment tiles' targets: dashboard variables whose choices are bucket boundaries of the
+# histograms (as prometheus_client writes `le`), the first choice being the default.
+SLO_CHOICES = {
+    "ttft_slo": ("Time to first token SLO (s)", ("0.5", "0.25", "1.0", "2.5")),
+    "itl_slo": ("Inter-token latency SLO (s)", ("0.1", "0.05", "0.2", "0.4")),
+    "e2e_slo": ("End-to-end SLO (s)", ("10.0", "5.0", "20.0", "40.0")),
+}
+SLO = {"availability": 0.99, "attainment": 0.95}
+SLO_VARIABLES = tuple(
+    Variable(name, label, options=options, default=options[0])
+    for name, (label, options) in SLO_CHOICES.items()
+)
 
 DATASOURCE_VARIABLE = Variable("datasource", "Data source")
 _GW = {"instance": "~$instance"}
@@ -56,13 +66,9 @@ def _gateway_rows() -> tuple[Row, ...]:
         "Service levels",
         (
             Panel(
-                f"TTFT ≤ {SLO['ttft_s']} s",
+                "TTFT ≤ ${ttft_slo} s",
                 "Share of requests whose first token came within the SLO, over the rate window.",
-                (
-                    Target(
-                        attainment("localmoe_time_to_first_token_seconds", SLO["ttft_s"], **_GWM)
-                    ),
-                ),
+                (Target(attainment("localmoe_time_to_first_token_seconds", "$ttft_slo", **_GWM)),),
                 kind="stat",
                 unit="percentunit",
                 width=6,
@@ -71,9 +77,9 @@ def _gateway_rows() -> tuple[Row, ...]:
                 thresholds=_SLO_STEPS,
             ),
             Panel(
-                f"Inter-token latency ≤ {SLO['itl_s']} s",
+                "Inter-token latency ≤ ${itl_slo} s",
                 "Share of streamed token gaps within the SLO.",
-                (Target(attainment("localmoe_inter_token_latency_seconds", SLO["itl_s"], **_GWM)),),
+                (Target(attainment("localmoe_inter_token_latency_seconds", "$itl_slo", **_GWM)),),
                 kind="stat",
                 unit="percentunit",
                 width=6,
@@ -82,9 +88,9 @@ def _gateway_rows() -> tuple[Row, ...]:
                 thresholds=_SLO_STEPS,
             ),
             Panel(
-                f"End-to-end ≤ {SLO['e2e_s']:g} s",
+                "End-to-end ≤ ${e2e_slo} s",
                 "Share of generations finished within the SLO (first to last delta).",
-                (Target(attainment("localmoe_generation_duration_seconds", SLO["e2e_s"], **_GWM)),),
+                (Target(attainment("localmoe_generation_duration_seconds", "$e2e_slo", **_GWM)),),
                 kind="stat",
                 unit="percentunit",
                 width=6,
@@ -466,6 +472,7 @@ def gateway() -> Dashboard:
             Variable(
                 "model", "Model", "label_values(localmoe_time_to_first_token_seconds_count, model)"
             ),
+            *SLO_VARIABLES,
         ),
         rows=_gateway_rows(),
     )

@@ -66,9 +66,10 @@ def quantile(q: float, histogram: str, by: Sequence[str] = (), **labels: str) ->
     return f"histogram_quantile({q}, {buckets}) and ({count} > 0)"
 
 
-def attainment(histogram: str, le: float, **labels: str) -> str:
-    """The fraction of recent observations at or under `le` (an SLO's attainment)."""
-    under = sum_by([], rate(selector(f"{histogram}_bucket", **labels, le=str(float(le)))))
+def attainment(histogram: str, le: str, **labels: str) -> str:
+    """The fraction of recent observations at or under `le` (an SLO's attainment): a bucket
+    boundary as the exporter writes it (`0.5`, `10.0`) or a variable holding one."""
+    under = sum_by([], rate(selector(f"{histogram}_bucket", **labels, le=le)))
     return ratio(under, sum_by([], rate(selector(f"{histogram}_count", **labels))))
 
 
@@ -214,15 +215,33 @@ class Row:
 
 @dataclass(frozen=True)
 class Variable:
-    """A dashboard variable: the datasource, or label values of a metric (`query`)."""
+    """A dashboard variable: the datasource, label values of a metric (`query`), or a choice
+    among fixed `options` (an SLO target) with its `default`."""
 
     name: str
     label: str
     query: str = ""
-    """`label_values(metric, label)`; empty for the datasource variable."""
+    """`label_values(metric, label)`; empty for the datasource and custom variables."""
     multi: bool = True
+    options: tuple[str, ...] = ()
+    default: str = ""
 
     def to_json(self) -> dict[str, Any]:
+        if self.options:
+            return {
+                "name": self.name,
+                "label": self.label,
+                "type": "custom",
+                "query": ",".join(self.options),
+                "current": {"selected": True, "text": self.default, "value": self.default},
+                "options": [
+                    {"selected": option == self.default, "text": option, "value": option}
+                    for option in self.options
+                ],
+                "multi": False,
+                "includeAll": False,
+                "hide": 0,
+            }
         if not self.query:
             return {
                 "name": self.name,
@@ -269,6 +288,11 @@ class Dashboard:
     def panels(self) -> list[Panel]:
         return [panel for row in self.rows for panel in row.panels]
 
+    @property
+    def defaults(self) -> dict[str, str]:
+        """The values the fixed-choice variables start with."""
+        return {v.name: v.default for v in self.variables if v.options}
+
     def to_json(self) -> dict[str, Any]:
         panels: list[dict[str, Any]] = []
         y = 0
@@ -310,7 +334,16 @@ class Dashboard:
             "refresh": self.refresh,
             "time": {"from": self.time_from, "to": "now"},
             "annotations": {"list": []},
-            "links": [],
+            "links": [
+                {
+                    "title": "LocalMoE dashboards",
+                    "type": "dashboards",
+                    "tags": ["localmoe"],
+                    "asDropdown": True,
+                    "includeVars": False,
+                    "keepTime": True,
+                }
+            ],
             "templating": {"list": [variable.to_json() for variable in self.variables]},
             "panels": panels,
         }

@@ -259,7 +259,10 @@ def _generate(
     prompt = rng.choice(_PROMPTS)
     sampling = {"max_tokens": rng.randint(8, 24), "temperature": 1.0}
     if kind == "cached":
-        body = {"model": model, "prompt": _CACHED_PROMPT, "max_tokens": 8, "temperature": 0}
+        # A new cacheable prompt every few seconds: a miss in both tiers, then hits (in Redis
+        # for the other worker, then in each worker's own tier).
+        prompt = f"{_CACHED_PROMPT} (#{int(time.time() // 4)})"
+        body = {"model": model, "prompt": prompt, "max_tokens": 8, "temperature": 0}
         response = client.post("/completions", json=body)
     elif kind == "chat":
         messages = [{"role": "user", "content": prompt}]
@@ -313,10 +316,16 @@ def _legend(template: str, labels: dict[str, str]) -> str:
     return re.sub(r"\{\{\s*(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""), template)
 
 
-def query_values(start: float, end: float, rate_interval_s: int) -> dict[str, str]:
-    """Grafana's variables as the live queries get them (any other, such as `$model`, becomes
-    `.*`: every instance and model)."""
-    return {"__rate_interval": f"{rate_interval_s}s", "__range": f"{max(1, round(end - start))}s"}
+def query_values(
+    dashboard: Dashboard, start: float, end: float, rate_interval_s: int
+) -> dict[str, str]:
+    """Grafana's variables as the live queries get them: the SLO choices at their defaults, any
+    other (such as `$model`) `.*`, every instance and model."""
+    return {
+        **dashboard.defaults,
+        "__rate_interval": f"{rate_interval_s}s",
+        "__range": f"{max(1, round(end - start))}s",
+    }
 
 
 def query_dashboard(
@@ -327,7 +336,7 @@ def query_dashboard(
     rate_interval_s: int = RATE_INTERVAL_S,
 ) -> dict[str, list[TargetResult]]:
     """Panel title -> the results of its queries over [start, end] (instant ones at `end`)."""
-    values = query_values(start, end, rate_interval_s)
+    values = query_values(dashboard, start, end, rate_interval_s)
     results: dict[str, list[TargetResult]] = {}
     for panel in dashboard.panels:
         found = []
@@ -394,7 +403,7 @@ def plot_dashboard(
     )
     for index, panel in enumerate(panels):
         ax = axes[index // columns][index % columns]
-        ax.set_title(panel.title, fontsize=9)
+        ax.set_title(promql.substitute(panel.title, dashboard.defaults), fontsize=9)
         ax.tick_params(labelsize=6)
         found = results.get(panel.title, [])
         if not any(r.has_data for r in found):
@@ -416,7 +425,7 @@ def plot_dashboard(
     )
     figure.tight_layout(rect=(0, 0, 1, 0.97))
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=60)
+    figure.savefig(path, dpi=66)
     plt.close(figure)
     return path
 
@@ -500,8 +509,8 @@ def _natural(text: str) -> list[Any]:
 
 @contextlib.contextmanager
 def _stack(workdir: Path) -> Iterator[tuple[str, str, str, Mint]]:
-    """Redis, Triton (CPU, the tiny model) and the gateway with its cache on and limits in Redis:
-    (gateway URL, Triton metrics URL, model id, mint)."""
+    """Redis, Triton (CPU, the tiny model) and the gateway (two workers) with its cache on and
+    its limits in Redis: (gateway URL, Triton metrics URL, model id, mint)."""
     from gateway.local import paths
     from gateway.local.redis import RedisServer
     from gateway.local.repository import fill_repository
@@ -533,7 +542,7 @@ def _stack(workdir: Path) -> Iterator[tuple[str, str, str, Mint]]:
             LOCALMOE_TRITON__HEALTH_INTERVAL_S="0.5",
         )
         command = [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1"]
-        command += ["--port", str(port), "--triton-url", triton.grpc_url]
+        command += ["--port", str(port), "--triton-url", triton.grpc_url, "--workers", "2"]
         log = (workdir / "gateway.log").open("wb")
         gateway = subprocess.Popen(
             command, cwd=checks.REPO, env=env, stdout=log, stderr=subprocess.STDOUT

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from monitoring import checks, live, promql
 from monitoring.__main__ import main as monitoring_main
-from monitoring.dashboards import DASHBOARDS
+from monitoring.dashboards import DASHBOARDS, SLO_CHOICES
 
 from tests.gateway_fixtures import GatewayProcess, mint_test_token, start_gateway, stop_gateway
 from tests.support import processes_mentioning, tool
@@ -127,18 +127,31 @@ def test_the_idle_checks_catch_nan_ratios_and_quantiles() -> None:
     assert not promql.unguarded_quantiles(f"{quantile} and (sum(rate(h_count[1m])) > 0)")
 
 
-def test_gateway_dashboard_has_slo_attainment_tiles() -> None:
-    tiles = [p for p in _json("gateway")["panels"] if p["type"] == "stat"]
-    attainment = [p for p in tiles if p["fieldConfig"]["defaults"]["unit"] == "percentunit"]
-    assert {p["title"].split(" ")[0] for p in attainment} >= {"TTFT", "Inter-token", "End-to-end"}
-    for tile in attainment:
-        assert "_bucket" in tile["targets"][0]["expr"] or "status" in tile["targets"][0]["expr"]
+def test_gateway_dashboard_has_slo_attainment_tiles_on_slo_variables() -> None:
+    dashboard = _json("gateway")
+    choices = {v["name"]: v for v in dashboard["templating"]["list"] if v["type"] == "custom"}
+    assert set(choices) == set(SLO_CHOICES)
+    tiles = {p["title"]: p for p in dashboard["panels"] if p["type"] == "stat"}
+    for name in SLO_CHOICES:
+        tile = next(t for title, t in tiles.items() if f"${{{name}}}" in title)
+        assert f'le="${name}"' in tile["targets"][0]["expr"]
+        assert tile["fieldConfig"]["defaults"]["unit"] == "percentunit"
+        assert choices[name]["current"]["value"] == SLO_CHOICES[name][1][0]
 
 
 def test_dashboards_name_no_kubernetes_only_metrics() -> None:
     names = {m for n in DASHBOARDS for e in checks.dashboard_expressions(n) for m in
              promql.metric_names(e.expr)}  # fmt: skip
     assert not [m for m in names if checks.is_external(m)]
+
+
+def test_docs_describe_every_panel_and_show_every_dashboard() -> None:
+    docs = (checks.REPO / "docs" / "dashboards.md").read_text()
+    for name, build in DASHBOARDS.items():
+        assert f"img/dashboard-{name}.png" in docs
+        assert (checks.REPO / "docs" / "img" / f"dashboard-{name}.png").stat().st_size < 300_000
+        for panel in build().panels:
+            assert f"`{panel.title}`" in docs, panel.title
 
 
 @pytest.mark.parametrize("name", DASHBOARDS)
@@ -163,12 +176,14 @@ def test_panels_tile_the_grid_without_overlap(name: str) -> None:
 def dashboard_gateway(
     triton: Any, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    """A gateway with its response cache on and its limits and cache in the session's Redis."""
+    """Two workers with the response cache on, limits and cache in the session's Redis (so the
+    Redis tier of the cache answers too)."""
     process = start_gateway(
         tmp_path_factory.mktemp("dashboards-gateway"),
         triton_urls=[triton.grpc_url],
         config={"cache": {"enabled": True}},
         env={"LOCALMOE_REDIS_URL": redis_server.url},
+        args=["--workers", "2"],
     )
     yield process
     stop_gateway(process)
@@ -221,6 +236,20 @@ def test_every_metric_of_dashboards_and_rules_is_in_a_live_scrape(
     named = checks.named_metrics(checks.all_expressions())
     assert "nv_moe_expert_tokens_total" in named
     assert sorted(named - live_run["scraped"]) == []
+
+
+def test_slo_choices_are_bucket_boundaries_of_the_live_histograms(
+    dashboard_gateway: GatewayProcess, live_run: dict[str, Any]
+) -> None:
+    text = httpx.get(f"{dashboard_gateway.url}/metrics", timeout=10).text
+    histograms = {
+        "ttft_slo": "localmoe_time_to_first_token_seconds",
+        "itl_slo": "localmoe_inter_token_latency_seconds",
+        "e2e_slo": "localmoe_generation_duration_seconds",
+    }
+    for name, (_, options) in SLO_CHOICES.items():
+        bounds = set(re.findall(rf'^{histograms[name]}_bucket{{.*le="([^"]+)"', text, re.M))
+        assert set(options) <= bounds, name
 
 
 def test_prometheus_is_stopped_and_its_directory_removed(live_run: dict[str, Any]) -> None:
