@@ -17,7 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from fastapi import FastAPI
 from starlette.middleware import Middleware
 
-from gateway.api import error_responses, metrics, routes
+from gateway.api import error_responses, metrics, openapi, routes
 from gateway.api.access import Access
 from gateway.api.middleware import BodySizeLimit, RequestContext
 from gateway.core.catalogue import Catalogue
@@ -62,6 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes.v1)
     app.include_router(routes.health)
     app.include_router(metrics.router)
+    app.openapi = openapi.generator(app)  # type: ignore[method-assign]
     return app
 
 
