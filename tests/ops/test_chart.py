@@ -600,11 +600,11 @@ def test_dockerfiles_install_what_make_install_installs() -> None:
 
 
 class _Pod:
-    """Runs a rendered container's command here: the pod's mount paths become folders of
-    `root`, its ports free ones, its bind address 127.0.0.1; nothing else changes."""
+    """Runs a rendered container's command here: the pod's mount paths become local folders,
+    its ports free ones, its bind address 127.0.0.1; nothing else changes."""
 
-    def __init__(self, root: Path, mounts: dict[str, Path], ports: dict[str, int]) -> None:
-        self.root, self.mounts, self.ports = root, mounts, ports
+    def __init__(self, mounts: dict[str, Path], ports: dict[str, int]) -> None:
+        self.mounts, self.ports = mounts, ports
 
     def args(self, command: list[str]) -> list[str]:
         out = []
@@ -678,15 +678,16 @@ def image_home(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     home = tmp_path_factory.mktemp("image") / "opt-localmoe"
     (home / "models").mkdir(parents=True)
     (home / "models" / "tiny-moe").symlink_to(tiny_model_dir)
-    pod = _Pod(home, {"/opt/localmoe": home}, {})
+    pod = _Pod({"/opt/localmoe": home}, {})
     lines = [line for line in _run_lines("triton-cpu.Dockerfile") if line[0] == "localmoe"]
     assert [line[:3] for line in lines] == [
         ["localmoe", "build", "tiny"],
         ["localmoe", "build", "repository"],
     ]
     for line in lines:
+        env = pod.env({}, [], LOCALMOE_HOME=str(home))  # the image's ENV
         result = subprocess.run(
-            pod.args(line), env=pod.env({}, []), capture_output=True, text=True, timeout=120
+            pod.args(line), env=env, capture_output=True, text=True, timeout=120
         )
         assert result.returncode == 0, f"{line}: {result.stdout}{result.stderr}"
     config = (home / "repository/cpu/tensorrt_llm/config.pbtxt").read_text()
@@ -719,7 +720,7 @@ def test_gateway_builds_the_same_tokenizer_when_triton_builds_its_model(
     # init container builds the tokenizer itself, without training weights (8 s, not 2 min).
     deployment = one(render(None, "triton.cpu.model=initContainer"), "Deployment", "-gateway")
     init = container(deployment, "tokenizer")
-    pod = _Pod(tmp_path, {"/tokenizer": tmp_path}, {})
+    pod = _Pod({"/tokenizer": tmp_path}, {})
     result = subprocess.run(
         pod.args(init["command"]), env=pod.env(init, []), capture_output=True, timeout=300
     )
@@ -738,11 +739,10 @@ def chart_stack(
     root = tmp_path_factory.mktemp("pods")
     ports = {"--http-port": free_port(), "--grpc-port": free_port(), "--metrics-port": free_port()}
     triton_spec = container(one(docs, "Deployment", "-triton"), "triton")
-    triton_pod = _Pod(root, {"/opt/localmoe": image_home, "/tmp": root}, ports)
+    triton_pod = _Pod({"/opt/localmoe": image_home, "/tmp": root}, ports)
     triton_log = root / "triton.log"
-    triton = _start(
-        triton_pod.args(triton_spec["command"]), triton_pod.env(triton_spec, docs), triton_log
-    )
+    env = triton_pod.env(triton_spec, docs, LOCALMOE_HOME=str(image_home))  # + the image's ENV
+    triton = _start(triton_pod.args(triton_spec["command"]), env, triton_log)
     gateway = None
     try:
         http = f"http://127.0.0.1:{ports['--http-port']}"
@@ -755,7 +755,7 @@ def chart_stack(
         tokenizer = root / "tokenizer"
         tokenizer.mkdir()
         init = container(deployment, "tokenizer")
-        init_pod = _Pod(root, {"/opt/localmoe": image_home, "/tokenizer": tokenizer}, {})
+        init_pod = _Pod({"/opt/localmoe": image_home, "/tokenizer": tokenizer}, {})
         subprocess.run(init_pod.args(init["command"]), check=True, timeout=60)
         assert (tokenizer / "tiny-moe" / "tokenizer.json").read_bytes() == (
             image_home / "models/tiny-moe/tokenizer.json"
@@ -765,7 +765,7 @@ def chart_stack(
         config = root / "config.yaml"
         config.write_text(one(docs, "ConfigMap", "-gateway")["data"]["config.yaml"])
         port = free_port()
-        gateway_pod = _Pod(root, {"/etc/localmoe/config.yaml": config}, {"--port": port})
+        gateway_pod = _Pod({"/etc/localmoe/config.yaml": config}, {"--port": port})
         # Environment beats the config file: the pod's address, and the headless Service's name
         # made `localhost` in the chart's own `dns:///` URL.
         url = yaml.safe_load(config.read_text())["triton"]["urls"][0]
@@ -817,7 +817,7 @@ def test_helm_test_pod_commands_pass_against_the_chart_gateway(
     script.write_text(one(docs, "ConfigMap", "-tests")["data"]["smoke.py"])
     spec = pod["spec"]["containers"][0]
     runner = _Pod(
-        root, {"/etc/localmoe-tests": root, "/etc/localmoe/config.yaml": chart_stack["config"]}, {}
+        {"/etc/localmoe-tests": root, "/etc/localmoe/config.yaml": chart_stack["config"]}, {}
     )
     command = runner.args(spec["command"])
     command[0] = sys.executable
@@ -832,7 +832,7 @@ def test_gateway_dockerfile_command_serves(chart_stack: dict[str, Any], tmp_path
     # The image's default command has no config file: the chart's env (its HS256 secret), and
     # the running Triton's address.
     port = free_port()
-    pod = _Pod(tmp_path, {}, {"--port": port})
+    pod = _Pod({}, {"--port": port})
     spec = container(one(chart_stack["docs"], "Deployment", "-gateway"), "gateway")
     env = pod.env(
         spec,
