@@ -5,6 +5,7 @@ they use."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,10 @@ def dashboard_expressions(name: str) -> list[promql.Expression]:
     """Every panel's queries (and the variables' label_values metrics) of one dashboard."""
     dashboard = DASHBOARDS[name]()
     found = []
+    for variable in dashboard.variables:
+        metric = re.fullmatch(r"label_values\((\w+), \w+\)", variable.query)
+        if metric:
+            found.append(promql.Expression(f"{name}: variable {variable.name}", metric.group(1)))
     for panel in dashboard.panels:
         for index, target in enumerate(panel.targets):
             found.append(promql.Expression(f"{name}: {panel.title} [{index}]", target.expr))

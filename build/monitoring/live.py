@@ -39,6 +39,7 @@ from monitoring.dashboards import DASHBOARDS
 from monitoring.grafana import Dashboard, Panel
 
 __all__ = [
+    "LiveRun",
     "Prometheus",
     "exercise",
     "plot_dashboard",
@@ -582,6 +583,18 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=5)
 
 
+@dataclass
+class LiveRun:
+    """One `run_dashboards`: every panel's results, the load sent, and the Prometheus that
+    served the queries (stopped by now)."""
+
+    results: dict[str, dict[str, list[TargetResult]]]
+    """Dashboard name -> panel title -> the results of its queries."""
+    report: LoadReport
+    prometheus_pid: int
+    prometheus_dir: Path
+
+
 def run_dashboards(
     gateway_url: str,
     triton_metrics_url: str,
@@ -590,12 +603,12 @@ def run_dashboards(
     load_seconds: float,
     rate_interval_s: int = RATE_INTERVAL_S,
     warmup: bool = False,
-) -> tuple[dict[str, dict[str, list[TargetResult]]], LoadReport]:
+) -> LiveRun:
     """Prometheus on both targets, `exercise` for `load_seconds`, every dashboard's queries over
-    the load (from one rate window into it with `warmup`, so rates are not seen ramping up):
-    dashboard name -> panel title -> results."""
+    the load (from one rate window into it with `warmup`, so rates are not seen ramping up)."""
     targets = {"gateway": f"{gateway_url}/metrics", "triton": triton_metrics_url}
     with Prometheus(targets) as prometheus:
+        assert prometheus.process is not None
         prometheus.wait_for_targets()
         print(f"prometheus on {prometheus.url}; load for {load_seconds:g} s", flush=True)
         report = exercise(gateway_url, model, mint, load_seconds)
@@ -605,7 +618,7 @@ def run_dashboards(
             name: query_dashboard(prometheus, build(), start, time.time(), rate_interval_s)
             for name, build in DASHBOARDS.items()
         }
-    return results, report
+    return LiveRun(results, report, prometheus.process.pid, prometheus.workdir)
 
 
 def empty_panels(results: dict[str, dict[str, list[TargetResult]]]) -> list[str]:
@@ -626,10 +639,9 @@ def render_command(out: Path, load_seconds: float) -> int:
         tempfile.TemporaryDirectory(prefix="localmoe-render-") as workdir,
         _stack(Path(workdir)) as (gateway_url, triton_metrics, model, mint),
     ):
-        results, report = run_dashboards(
-            gateway_url, triton_metrics, model, mint, load_seconds, warmup=True
-        )
-    print(f"load: {report.statuses}")
+        run = run_dashboards(gateway_url, triton_metrics, model, mint, load_seconds, warmup=True)
+    results = run.results
+    print(f"load: {run.report.statuses}")
     note = (
         f"a real Prometheus over {load_seconds:g} s of `python -m monitoring render` load, "
         f"$__rate_interval = {RATE_INTERVAL_S} s"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,7 +197,7 @@ def live_run(dashboard_gateway: GatewayProcess, triton: Any) -> dict[str, Any]:
     )
     model = models.json()["data"][0]["id"]
     started = time.monotonic()
-    results, report = live.run_dashboards(
+    run = live.run_dashboards(
         dashboard_gateway.url,
         triton.metrics_url,
         model,
@@ -209,11 +208,11 @@ def live_run(dashboard_gateway: GatewayProcess, triton: Any) -> dict[str, Any]:
     elapsed = time.monotonic() - started
     scraped = live.scraped_metric_names(f"{dashboard_gateway.url}/metrics", triton.metrics_url)
     print(f"live dashboards run: {elapsed:.1f} s (load {LOAD_SECONDS} s)")
-    return {"results": results, "report": report, "scraped": scraped, "seconds": elapsed}
+    return {"run": run, "scraped": scraped, "seconds": elapsed}
 
 
 def test_the_load_exercises_every_panel_subject(live_run: dict[str, Any]) -> None:
-    statuses = live_run["report"].statuses
+    statuses = live_run["run"].report.statuses
     for kind in ("chat-stream", "chat", "cached", "completion-stream"):
         assert statuses[kind].get(200, 0) > 0, kind
     assert set(statuses["bad-token"]) == {401}
@@ -223,7 +222,7 @@ def test_the_load_exercises_every_panel_subject(live_run: dict[str, Any]) -> Non
 
 
 def test_every_panel_query_returns_data_from_a_real_prometheus(live_run: dict[str, Any]) -> None:
-    results = live_run["results"]
+    results = live_run["run"].results
     assert set(results) == set(DASHBOARDS)
     for name, panels in results.items():
         assert set(panels) == {panel.title for panel in DASHBOARDS[name]().panels}
@@ -253,7 +252,8 @@ def test_slo_choices_are_bucket_boundaries_of_the_live_histograms(
 
 
 def test_prometheus_is_stopped_and_its_directory_removed(live_run: dict[str, Any]) -> None:
-    temporary = Path(tempfile.gettempdir())
-    assert processes_mentioning(temporary / live.PROMETHEUS_PREFIX) == []
-    assert not list(temporary.glob(f"{live.PROMETHEUS_PREFIX}*"))
+    run = live_run["run"]
+    assert not Path(f"/proc/{run.prometheus_pid}").exists()
+    assert processes_mentioning(run.prometheus_dir) == []
+    assert not run.prometheus_dir.exists()
     assert live_run["seconds"] < 60
