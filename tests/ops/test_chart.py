@@ -300,6 +300,8 @@ def test_gpu_profile_with_tensor_parallel_two() -> None:
     assert command[:2] == ["mpirun", "--allow-run-as-root"] and command.count("tritonserver") == 2
     ranks = " ".join(command[2:]).split(" : ")
     assert "--grpc-port=8001" in ranks[0] and "--load-model=tensorrt_llm" in ranks[1]
+    # A surged pod would need two more free GPUs; replace one pod at a time instead.
+    assert triton["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["shm"]["emptyDir"]["medium"] == "Memory"
     assert {"name": "shm", "mountPath": "/dev/shm"} in main["volumeMounts"]
