@@ -288,6 +288,15 @@ def test_triton_startup_probe_allows_a_long_model_load_and_liveness_waits_for_it
         assert "initialDelaySeconds" not in triton["livenessProbe"]  # the startup probe gates it
 
 
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.stem)
+def test_triton_outlives_the_gateways_rediscovery_on_scale_down(values: Path) -> None:
+    docs = render(values)
+    triton = container(one(docs, "Deployment", "-triton"), "triton")
+    sleep = int(triton["lifecycle"]["preStop"]["exec"]["command"][1])
+    settings = gateway_config(docs)["triton"]
+    assert sleep > settings["dns_interval_s"] + settings["health_interval_s"]
+
+
 def test_gpu_profile_with_tensor_parallel_two() -> None:
     docs = render("gpu-tp2")
     triton = one(docs, "Deployment", "-triton")
