@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import promql_parser
 import pytest
 import yaml
 
@@ -196,6 +197,7 @@ def test_crd_objects_have_their_shape() -> None:
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     assert scaled["spec"]["scaleTargetRef"]["name"] == f"{RELEASE}-localmoe-triton"
     trigger = scaled["spec"]["triggers"][0]
+    promql_parser.parse(trigger["metadata"]["query"])
     assert (
         trigger["type"] == "prometheus" and 'request_type="waiting"' in trigger["metadata"]["query"]
     )
@@ -440,6 +442,16 @@ def test_hpas_target_workloads_that_exist_with_metrics_the_adapter_rules_serve()
     }
     assert triton_metrics == {"localmoe_engine_requests_waiting", "triton_queue_compute_ratio"}
     for rule in rules:
+        # What the adapter sends Prometheus for one pod's metric must parse as PromQL.
+        series = rule["seriesQuery"].split("{")[0].strip("'")
+        query = (
+            rule["metricsQuery"]
+            .replace("<<.Series>>", series)
+            .replace("<<.LabelMatchers>>", f'namespace="{NAMESPACE}",pod="{RELEASE}-x"')
+            .replace("<<.GroupBy>>", "pod")
+        )
+        promql_parser.parse(query)
+        promql_parser.parse(rule["seriesQuery"])
         assert rule["resources"]["overrides"] == {
             "namespace": {"resource": "namespace"},
             "pod": {"resource": "pod"},
