@@ -361,6 +361,41 @@ def test_an_external_redis_url_with_a_password_lives_in_a_secret_only() -> None:
     _assert_secrets_only_in_secrets(docs)
 
 
+PEM = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n"
+
+
+def test_public_key_and_jwks_url_reach_the_gateway_through_secrets(tmp_path: Path) -> None:
+    values = tmp_path / "keys.yaml"
+    values.write_text(
+        yaml.safe_dump({"auth": {"jwtSecret": {"create": False}, "publicKey": {"pem": PEM}}})
+    )
+    docs = list(_render((str(values),)))
+    assert secret_values(docs)[(f"{RELEASE}-localmoe-public-key", "public.pem")] == PEM
+    deployment = one(docs, "Deployment", "-gateway")
+    auth = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "auth")
+    assert auth["projected"]["sources"] == [
+        {
+            "secret": {
+                "name": f"{RELEASE}-localmoe-public-key",
+                "items": [{"key": "public.pem", "path": "public.pem"}],
+            }
+        }
+    ]
+    mount = next(m for m in container(deployment, "gateway")["volumeMounts"] if m["name"] == "auth")
+    assert f"{mount['mountPath']}/public.pem" == gateway_config(docs)["auth"]["jwt_public_key_file"]
+    _assert_secrets_only_in_secrets(docs)
+
+    docs = render(None, "auth.jwtSecret.create=false", "auth.jwksUrlSecret.existingSecret=idp")
+    env = container(one(docs, "Deployment", "-gateway"), "gateway")["env"]
+    assert env == [
+        {
+            "name": "LOCALMOE_AUTH__JWKS_URL",
+            "valueFrom": {"secretKeyRef": {"name": "idp", "key": "jwks-url"}},
+        }
+    ]
+    assert "jwks_url" not in gateway_config(docs)["auth"]
+
+
 def _assert_secrets_only_in_secrets(docs: list[dict]) -> None:
     secrets = [v for v in secret_values(docs).values() if len(v) >= 8]
     for doc in docs:

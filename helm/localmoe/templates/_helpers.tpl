@@ -58,6 +58,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* The Secret holding the PEM public key ("" when none). */}}
+{{- define "localmoe.publicKeySecret" -}}
+{{- if .Values.auth.publicKey.existingSecret }}{{ .Values.auth.publicKey.existingSecret }}
+{{- else if .Values.auth.publicKey.pem }}{{ include "localmoe.fullname" . }}-public-key
+{{- end }}
+{{- end }}
+
 {{/* The Secret holding the external Redis URL ("" when Redis is internal or off). */}}
 {{- define "localmoe.redisUrlSecret" -}}
 {{- if eq .Values.redis.mode "external" }}

@@ -6,14 +6,15 @@ than discovered later as a pod that never starts (helm/README.md, "What the char
 {{- $v := .Values }}
 {{- $keys := list }}
 {{- if or $v.auth.jwtSecret.existingSecret $v.auth.jwtSecret.create }}{{ $keys = append $keys "auth.jwtSecret" }}{{ end }}
-{{- if $v.auth.publicKey.existingSecret }}{{ $keys = append $keys "auth.publicKey" }}{{ end }}
+{{- if or $v.auth.publicKey.existingSecret $v.auth.publicKey.pem }}{{ $keys = append $keys "auth.publicKey" }}{{ end }}
 {{- if $v.auth.jwksUrl }}{{ $keys = append $keys "auth.jwksUrl" }}{{ end }}
+{{- if $v.auth.jwksUrlSecret.existingSecret }}{{ $keys = append $keys "auth.jwksUrlSecret" }}{{ end }}
 {{- if $v.auth.jwksFile.existingSecret }}{{ $keys = append $keys "auth.jwksFile" }}{{ end }}
 {{- if gt (len $keys) 1 }}
 {{- fail (printf "localmoe: configure at most one JWT key source; got %s" (join ", " $keys)) }}
 {{- end }}
 {{- if and (eq $v.mode "production") $v.auth.enabled (eq (len $keys) 0) }}
-{{- fail "localmoe: mode=production needs a JWT key (the gateway refuses to start without one): set auth.jwksUrl, auth.jwksFile.existingSecret, auth.publicKey.existingSecret, auth.jwtSecret.existingSecret or auth.jwtSecret.create=true" }}
+{{- fail "localmoe: mode=production needs a JWT key (the gateway refuses to start without one): set auth.jwksUrl, auth.jwksUrlSecret, auth.jwksFile.existingSecret, auth.publicKey, auth.jwtSecret.existingSecret or auth.jwtSecret.create=true" }}
 {{- end }}
 {{- if and $v.auth.metrics (ne $v.monitoring.kind "none") (not $v.monitoring.bearerTokenSecret.name) }}
 {{- fail "localmoe: auth.metrics=true puts /metrics behind a token: set monitoring.bearerTokenSecret.name (a Secret with a token the gateway accepts) so that Prometheus can scrape it" }}
