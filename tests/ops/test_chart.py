@@ -525,7 +525,10 @@ def test_hpas_target_workloads_that_exist_with_metrics_the_adapter_rules_serve()
             "needs triton.gpu.shm.enabled=true",
         ),
         (("mode=production", "auth.jwtSecret.create=false"), "mode=production needs a JWT key"),
-        (("auth.jwksUrl=https://idp.example/jwks.json",), "at most one JWT key source"),
+        (
+            ("auth.jwksUrl=https://idp.example/jwks.json", "auth.jwtSecret.existingSecret=hs"),
+            "at most one JWT key source",
+        ),
         (("auth.metrics=true",), "set monitoring.bearerTokenSecret.name"),
         (("triton.autoscaling.enabled=true", "triton.autoscaling.keda.enabled=true"), "choose one"),
         (("redis.mode=external",), "needs redis.external.url or redis.external.existingSecret"),
@@ -561,7 +564,11 @@ def test_each_refused_combination_renders_once_fixed() -> None:
     )
     render(None, "triton.profile=gpu", "triton.gpu.tensorParallel=2")
     render(None, "mode=production")  # the generated HS256 secret is a key
-    render(None, "auth.jwtSecret.create=false", "auth.jwksUrl=https://idp.example/jwks.json")
+    # The generated HS256 secret steps aside for another key source.
+    docs = render(None, "auth.jwksUrl=https://idp.example/jwks.json")
+    assert not secret_values(docs) and "env" not in container(
+        one(docs, "Deployment", "-gateway"), "gateway"
+    )
     render(None, "auth.metrics=true", "monitoring.bearerTokenSecret.name=scrape")
     render(None, "redis.mode=external", "redis.external.existingSecret=redis")
 

@@ -51,10 +51,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.triton.cpu.image.repository (.Values.triton.cpu.image.tag | default .Chart.AppVersion) }}
 {{- end }}
 
-{{/* The HS256 secret's Secret and key, when one is configured ("" otherwise). */}}
+{{/* Whether a key source other than the HS256 secret is configured ("true" or ""). */}}
+{{- define "localmoe.otherKey" -}}
+{{- $a := .Values.auth }}
+{{- if or $a.publicKey.existingSecret $a.publicKey.pem $a.jwksUrl $a.jwksUrlSecret.existingSecret $a.jwksFile.existingSecret }}true{{ end }}
+{{- end }}
+
+{{/* The HS256 secret's Secret, when one is configured ("" otherwise): yours, or the generated
+one, which `create` makes only when no other key source is set. */}}
 {{- define "localmoe.jwtSecretName" -}}
 {{- if .Values.auth.jwtSecret.existingSecret }}{{ .Values.auth.jwtSecret.existingSecret }}
-{{- else if .Values.auth.jwtSecret.create }}{{ include "localmoe.fullname" . }}-jwt
+{{- else if and .Values.auth.jwtSecret.create (not (include "localmoe.otherKey" .)) }}{{ include "localmoe.fullname" . }}-jwt
 {{- end }}
 {{- end }}
 

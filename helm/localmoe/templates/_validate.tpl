@@ -5,7 +5,7 @@ than discovered later as a pod that never starts (helm/README.md, "What the char
 {{- define "localmoe.validate" -}}
 {{- $v := .Values }}
 {{- $keys := list }}
-{{- if or $v.auth.jwtSecret.existingSecret $v.auth.jwtSecret.create }}{{ $keys = append $keys "auth.jwtSecret" }}{{ end }}
+{{- if include "localmoe.jwtSecretName" . }}{{ $keys = append $keys "auth.jwtSecret" }}{{ end }}
 {{- if or $v.auth.publicKey.existingSecret $v.auth.publicKey.pem }}{{ $keys = append $keys "auth.publicKey" }}{{ end }}
 {{- if $v.auth.jwksUrl }}{{ $keys = append $keys "auth.jwksUrl" }}{{ end }}
 {{- if $v.auth.jwksUrlSecret.existingSecret }}{{ $keys = append $keys "auth.jwksUrlSecret" }}{{ end }}
