@@ -327,6 +327,29 @@ def test_gpu_profile_with_tensor_parallel_two() -> None:
     assert models[0]["persistentVolumeClaim"] == {"claimName": claim, "readOnly": True}
 
 
+def test_gpu_tritonserver_flags_are_tritonserver_options() -> None:
+    # No GPU image here, but pytriton's tritonserver (2.51) is: every flag the chart passes must
+    # be one of its options (NVIDIA's images are newer and keep them).
+    from gateway.local.triton import server_environment, tritonserver_binary
+
+    result = subprocess.run(
+        [str(tritonserver_binary()), "--help"],
+        env=server_environment(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    options = set(re.findall(r"^\s+(--[a-z0-9-]+)", result.stdout + result.stderr, re.MULTILINE))
+    assert "--model-repository" in options
+    for tp in (1, 2):
+        docs = render("gpu-tp2", f"triton.gpu.tensorParallel={tp}")
+        command = container(one(docs, "Deployment", "-triton"), "triton")["command"]
+        flags = {
+            w.split("=")[0] for w in command[command.index("tritonserver") :] if w.startswith("--")
+        }
+        assert flags - {"--allow-run-as-root"} <= options, flags - options
+
+
 def test_readwriteonce_model_claim_runs_one_pod_with_recreate() -> None:
     triton = one(
         render(
