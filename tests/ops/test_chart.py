@@ -142,6 +142,25 @@ def test_lint_strict_passes_for_the_defaults_and_every_ci_values_file() -> None:
         assert result.returncode == 0, f"{values}: {result.stdout}{result.stderr}"
 
 
+def test_packaged_chart_carries_its_files_and_not_the_ci_values(tmp_path: Path) -> None:
+    import tarfile
+
+    result = subprocess.run(
+        [tool("helm"), "package", str(CHART), "-d", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    (archive,) = tmp_path.glob("localmoe-*.tgz")
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    assert "localmoe/files/smoke.py" in names and "localmoe/values.schema.json" in names
+    assert "localmoe/files/rules/localmoe.rules.yaml" in names
+    assert any(n.startswith("localmoe/files/dashboards/") for n in names)
+    assert not any(n.startswith("localmoe/ci/") for n in names)
+
+
 def test_every_ci_values_file_is_there() -> None:
     assert {p.stem for p in CI_VALUES} >= {
         "cpu",
