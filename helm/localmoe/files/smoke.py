@@ -40,7 +40,9 @@ def main(argv: list[str]) -> int:
         return 0
     if check == "stream":
         chunks, done = _stream(f"{base}/v1/chat/completions", token, {**body, "stream": True})
-        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        text = "".join(
+            c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]
+        )
         if not done or not text:
             return _fail(f"stream ended without [DONE] or text ({len(chunks)} chunks)")
         print(f"ok: streamed {len(chunks)} chunks from {model}: {text!r}")
