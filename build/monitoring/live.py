@@ -143,7 +143,7 @@ class Prometheus:
         path = self.workdir / "prometheus.log"
         return path.read_text(errors="replace") if path.is_file() else ""
 
-    def wait_for_targets(self, timeout: float = 15.0) -> None:
+    def wait_for_targets(self, timeout: float = 30.0) -> None:
         """Until every target has been scraped successfully once."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -200,12 +200,18 @@ class LoadReport:
     started: float = 0.0
     ended: float = 0.0
     statuses: dict[str, dict[int, int]] = field(default_factory=dict)
+    """Kind of request -> status -> how many (status 0: no response, see `errors`)."""
+    errors: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count(self, kind: str, status: int) -> None:
         with self.lock:
             by_status = self.statuses.setdefault(kind, {})
             by_status[status] = by_status.get(status, 0) + 1
+
+    def note(self, error: str) -> None:
+        with self.lock:
+            self.errors.append(error)
 
 
 _PROMPTS = [
@@ -236,12 +242,20 @@ def exercise(
             while time.monotonic() < deadline:
                 kind = ("chat-stream", "chat", "cached", "completion-stream")[step % 4]
                 step += 1
-                _generate(client, kind, model, rng, report)
+                try:
+                    _generate(client, kind, model, rng, report)
+                except httpx.HTTPError as exc:  # counted, and the load goes on
+                    report.count(kind, 0)
+                    report.note(f"{kind}: {exc!r}")
 
     def policy() -> None:
         with httpx.Client(base_url=base, timeout=30) as client:
             while time.monotonic() < deadline:
-                _refusals(client, model, mint, report)
+                try:
+                    _refusals(client, model, mint, report)
+                except httpx.HTTPError as exc:
+                    report.count("policy", 0)
+                    report.note(f"policy: {exc!r}")
                 time.sleep(0.5)
 
     threads = [threading.Thread(target=generations, args=(n,)) for n in range(concurrency)]

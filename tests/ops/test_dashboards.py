@@ -213,6 +213,7 @@ def live_run(dashboard_gateway: GatewayProcess, triton: Any) -> dict[str, Any]:
 
 def test_the_load_exercises_every_panel_subject(live_run: dict[str, Any]) -> None:
     statuses = live_run["run"].report.statuses
+    assert live_run["run"].report.errors == []
     for kind in ("chat-stream", "chat", "cached", "completion-stream"):
         assert statuses[kind].get(200, 0) > 0, kind
     assert set(statuses["bad-token"]) == {401}
@@ -249,6 +250,15 @@ def test_slo_choices_are_bucket_boundaries_of_the_live_histograms(
     for name, (_, options) in SLO_CHOICES.items():
         bounds = set(re.findall(rf'^{histograms[name]}_bucket{{.*le="([^"]+)"', text, re.M))
         assert set(options) <= bounds, name
+
+
+def test_render_draws_the_experts_dashboard(live_run: dict[str, Any], tmp_path: Path) -> None:
+    # The experts dashboard has every kind of panel (heat map, matrix, lines, stat) and is the
+    # quickest to draw; `python -m monitoring render` draws all three the same way.
+    panels = live_run["run"].results["experts"]
+    path = live.plot_dashboard(DASHBOARDS["experts"](), panels, tmp_path / "dashboard-experts.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 10_000 < path.stat().st_size < 300_000
 
 
 def test_prometheus_is_stopped_and_its_directory_removed(live_run: dict[str, Any]) -> None:
