@@ -148,6 +148,10 @@ class Panel:
                 "spanNulls": False,
                 "stacking": {"mode": "normal" if self.stack else "none", "group": "A"},
             }
+        elif self.kind == "table":
+            # Cells coloured by value: a layer x expert matrix reads as a heat map.
+            defaults["custom"] = {"cellOptions": {"type": "color-background"}, "align": "center"}
+            defaults["color"] = {"mode": "continuous-YlRd"}
         overrides = [
             {
                 "matcher": {"id": "byName", "options": legend},
