@@ -47,7 +47,7 @@ _ENG = {"instance": "~$instance", "model": "~$model"}
 
 _SLO_STEPS = (
     Threshold("red"),
-    Threshold("orange", SLO["attainment"] - 0.05),
+    Threshold("orange", round(SLO["attainment"] - 0.05, 4)),
     Threshold("green", SLO["attainment"]),
 )
 
@@ -124,7 +124,7 @@ def _gateway_rows() -> tuple[Row, ...]:
                 decimals=2,
                 thresholds=(
                     Threshold("red"),
-                    Threshold("orange", SLO["availability"] - 0.01),
+                    Threshold("orange", round(SLO["availability"] - 0.01, 4)),
                     Threshold("green", SLO["availability"]),
                 ),
             ),
