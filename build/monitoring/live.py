@@ -76,11 +76,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _host_port(url: str) -> str:
-    parsed = urllib.parse.urlsplit(url if "//" in url else f"http://{url}")
-    return parsed.netloc
-
-
 class Prometheus:
     """A real Prometheus scraping `targets` (job -> metrics URL) every second, with its storage in
     a temporary directory; a context manager that stops it with SIGTERM."""
@@ -126,9 +121,9 @@ class Prometheus:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"prometheus exited with {self.process.returncode}:\n{self.log()}"
-                )
+                message = f"prometheus exited with {self.process.returncode}:\n{self.log()}"
+                self.stop()
+                raise RuntimeError(message)
             with (
                 contextlib.suppress(OSError),
                 urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response,
