@@ -3,7 +3,10 @@ generation routes it cannot see.
 
 The generation routes are plain Starlette routes (`gateway.api.routes.generation`), so FastAPI
 leaves them out of its schema; their paths are written here from the same pydantic models the
-routes parse and answer with, so the document cannot drift from what is served.
+routes parse and answer with, so the document cannot drift from what is served. On top of the
+models' types, the request schemas carry the values this server accepts (ranges, this server's
+`requests` limits, the one value an unsupported feature allows), as `gateway.core.validation`
+checks them: what the document allows passes validation, up to rules across fields.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from gateway.core.protocol import (
     CompletionResponse,
     ErrorResponse,
 )
+from gateway.settings import RequestSettings
 
 BEARER = "bearer"
 """The security scheme every `/v1` route requires."""
@@ -72,8 +76,12 @@ def build(app: FastAPI) -> dict[str, Any]:
         routes=app.routes,
     )
     refs, definitions = models_json_schema(_MODELS, ref_template=_REF)
+    schemas = definitions["$defs"]
+    for name, properties in _accepted_values(app.state.settings.requests).items():
+        for field, keywords in properties.items():
+            schemas[name]["properties"][field].update(keywords)
     components = document.setdefault("components", {})
-    components.setdefault("schemas", {}).update(definitions["$defs"])
+    components.setdefault("schemas", {}).update(schemas)
     components.setdefault("securitySchemes", {})[BEARER] = {
         "type": "http",
         "scheme": "bearer",
@@ -108,6 +116,60 @@ def build(app: FastAPI) -> dict[str, Any]:
             for operation in operations.values():
                 operation.setdefault("security", [{BEARER: []}])
     return document
+
+
+def _accepted_values(limits: RequestSettings) -> dict[str, dict[str, dict[str, Any]]]:
+    """JSON Schema keywords per request schema and field, beside the type's `anyOf`: each
+    keyword constrains only the JSON type it is about (`minimum` numbers, `maxItems` arrays), and
+    `null` still means the default."""
+    max_tokens: dict[str, Any] = {"minimum": 1}
+    if limits.max_tokens is not None:
+        max_tokens["maximum"] = limits.max_tokens
+    common = {
+        "model": {"minLength": 1},
+        "temperature": {"minimum": 0, "maximum": 2},
+        "top_p": {"exclusiveMinimum": 0, "maximum": 1},
+        "n": {"minimum": 1, "maximum": limits.max_n},
+        "stop": {"minLength": 1, "maxItems": limits.max_stop, "items": {"minLength": 1}},
+        "seed": {"minimum": -(2**63), "maximum": 2**64 - 1},
+        "presence_penalty": {"minimum": -2, "maximum": 2},
+        "frequency_penalty": {"minimum": -2, "maximum": 2},
+        "logit_bias": {"maxProperties": 0, "description": "Not supported: empty or null."},
+        "top_k": {"minimum": -1, "maximum": _INT32_MAX},
+        "min_tokens": {"minimum": 0, "maximum": _INT32_MAX},
+        "repetition_penalty": {"exclusiveMinimum": 0, "maximum": _FP32_MAX},
+        "max_tokens": max_tokens,
+    }
+    messages: dict[str, Any] = {"minItems": 1}
+    if limits.max_messages is not None:
+        messages["maxItems"] = limits.max_messages
+    chat = {
+        **common,
+        "messages": messages,
+        "max_completion_tokens": max_tokens,
+        "top_logprobs": {"minimum": 0, "maximum": 0},
+        "response_format": {"properties": {"type": {"const": "text"}}},
+        "tool_choice": {"enum": ["none", "auto", None]},
+        "tools": {"maxItems": limits.max_tools},
+    }
+    completion = {
+        **common,
+        # Text prompts only: token-id prompts are refused.
+        "prompt": {
+            "minLength": 1,
+            "minItems": 1,
+            "maxItems": limits.max_prompts,
+            "items": {"type": "string", "minLength": 1},
+        },
+        "logprobs": {"minimum": 0, "maximum": 0},
+        "suffix": {"type": "null", "description": "Not supported: null."},
+    }
+    return {"ChatCompletionRequest": chat, "CompletionRequest": completion}
+
+
+# Values travel to Triton as INT32 / FP32 tensors.
+_INT32_MAX = 2**31 - 1
+_FP32_MAX = 3.4e38
 
 
 def _generation_path(

@@ -8,6 +8,7 @@ combinations, and what this engine cannot do (rather than silently ignoring it).
 from __future__ import annotations
 
 import math
+import struct
 from typing import Any, NoReturn
 
 from gateway.core.backend import SamplingOptions
@@ -54,6 +55,10 @@ def check_chat(request: ChatCompletionRequest, limits: RequestSettings) -> None:
 def check_completion(request: CompletionRequest, limits: RequestSettings) -> None:
     """Reject a completion request whose values this gateway cannot honour."""
     prompts = _check_prompts(request.prompt, limits)
+    if "max_tokens" not in request.model_fields_set and limits.max_tokens is not None:
+        # OpenAI's default (16) is not the client's ask: a lower cap on this server applies to it
+        # rather than refusing a parameter the client never sent.
+        request.max_tokens = min(request.max_tokens or limits.max_tokens, limits.max_tokens)
     if request.max_tokens is not None:
         _at_least("max_tokens", request.max_tokens, 1)
     if request.logprobs is not None:
@@ -131,7 +136,14 @@ def fit_context(
 
 
 def sampling_options(request: OpenAIRequest, max_tokens: int, *, logprobs: bool) -> SamplingOptions:
-    """The engine-neutral sampling settings of a validated request."""
+    """The engine-neutral sampling settings of a validated request, given its budget; 400 when
+    `min_tokens` is over a budget the client left to the context and this server's limit."""
+    if request.min_tokens is not None and request.min_tokens > max_tokens:
+        raise InvalidRequest(
+            f"'min_tokens' ({request.min_tokens}) must not exceed the completion budget of "
+            f"{max_tokens} tokens (what the context and this server's limit leave).",
+            param="min_tokens",
+        )
     stop = request.stop
     return SamplingOptions(
         max_tokens=max_tokens,
@@ -220,8 +232,10 @@ def _check_common(request: OpenAIRequest, limits: RequestSettings, *, generation
         raise InvalidRequest("'model' must not be empty.", param="model")
     if request.temperature is not None:
         _between("temperature", request.temperature, 0.0, 2.0)
-    if request.top_p is not None and not 0.0 < request.top_p <= 1.0:
-        raise InvalidRequest(f"'top_p' must be in (0, 1], got {request.top_p}.", param="top_p")
+    if request.top_p is not None:
+        if not 0.0 < request.top_p <= 1.0:
+            raise InvalidRequest(f"'top_p' must be in (0, 1], got {request.top_p}.", param="top_p")
+        _nonzero_as_fp32("top_p", request.top_p)
     if request.n is not None:
         _between("n", request.n, 1, limits.max_n)
     if generations > limits.max_generations:
@@ -247,10 +261,12 @@ def _check_common(request: OpenAIRequest, limits: RequestSettings, *, generation
         if value is not None:
             _between(name, value, -2.0, 2.0)
     penalty = request.repetition_penalty
-    if penalty is not None and not (math.isfinite(penalty) and 0 < penalty <= _FP32_MAX):
-        raise InvalidRequest(
-            "'repetition_penalty' must be a positive finite number.", param="repetition_penalty"
-        )
+    if penalty is not None:
+        if not (math.isfinite(penalty) and 0 < penalty <= _FP32_MAX):
+            raise InvalidRequest(
+                "'repetition_penalty' must be a positive finite number.", param="repetition_penalty"
+            )
+        _nonzero_as_fp32("repetition_penalty", penalty)
     if request.min_tokens is not None:
         _between("min_tokens", request.min_tokens, 0, _INT32_MAX)
         budget = requested_max_tokens(request)
@@ -288,6 +304,14 @@ def _at_least(name: str, value: float, low: float) -> None:
 # Values travel to Triton as INT32 / FP32 tensors; larger ones are a client error, not a crash.
 _INT32_MAX = 2**31 - 1
 _FP32_MAX = 3.4e38
+_FP32 = struct.Struct("<f")
+
+
+def _nonzero_as_fp32(name: str, value: float) -> None:
+    # A positive number under ~1e-45 arrives at Triton as 0, which it refuses where 0 is out of
+    # range: the client's value, so a 400 here rather than a 502 from Triton.
+    if _FP32.unpack(_FP32.pack(value))[0] == 0:
+        raise InvalidRequest(f"'{name}' is too small: {value} is 0 as a 32-bit float.", param=name)
 
 
 def _between(name: str, value: float, low: float, high: float) -> None:

@@ -81,3 +81,15 @@ def test_generation_routes_are_still_served_as_plain_starlette_routes(app: FastA
     }
     assert set(served) == set(GENERATION)
     assert not any(isinstance(route, APIRoute) for route in served.values())
+
+
+def test_request_schemas_carry_this_servers_limits() -> None:
+    settings = Settings(auth=AuthSettings(jwt_secret="s" * 40), requests={"max_tokens": 8})
+    document = create_app(settings).openapi()
+    chat = document["components"]["schemas"]["ChatCompletionRequest"]["properties"]
+    completion = document["components"]["schemas"]["CompletionRequest"]["properties"]
+    assert chat["max_tokens"]["maximum"] == chat["max_completion_tokens"]["maximum"] == 8
+    assert chat["n"]["maximum"] == settings.requests.max_n
+    assert chat["messages"]["minItems"] == 1
+    assert completion["prompt"]["maxItems"] == settings.requests.max_prompts
+    assert completion["suffix"]["type"] == "null"  # unsupported here: only null is accepted
