@@ -5,9 +5,8 @@ OpenAI error or a well-formed answer (JSON, or an event stream ending in `data: 
 
 Generation stays cheap through the gateway's own limits, a legitimate configuration: completions
 stop after `MAX_TOKENS` tokens and larger `max_tokens` are 400s before anything is generated; `n`
-and prompts × n are capped the same way. Two thirds of the generated bodies name the served
-model (half of those with one plain user message), so valid ones reach Triton instead of all
-ending as `model_not_found`.
+and prompts × n are capped the same way. Three quarters of the generated bodies name the served
+model (`AIMS`), so valid ones reach Triton instead of all ending as `model_not_found`.
 
 Seeded (`derandomize`) and bounded: a fixed number of cases per operation, each with a timeout.
 Hand-written hostile bodies the schema cannot describe, and that tests/integration/
@@ -49,9 +48,10 @@ EXAMPLES = {
 OTHER_EXAMPLES = 10
 """Operations without parameters: positive cases only (there is nothing to break)."""
 MIN_CASES = 1000
-# What a generated body is sent as: as it is, for the served model, and for the served model
-# with one user message (the roles' rules are cross-field, beyond what a schema says).
-AIMS = ["as generated", "served model", "served model, one user message"]
+# What a generated body is sent as: as it is, or for the served model: as generated, with one
+# plain user message (the roles' rules are across fields, beyond what a schema says), and that
+# streamed.
+AIMS = ["as generated", "served model", "one user message", "one user message, streamed"]
 
 # What a 200 must parse into, whole and as stream chunks.
 ANSWERS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
@@ -86,6 +86,8 @@ class Findings:
     statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     slowest_s: float = 0.0
+    streams: int = 0
+    """200 event streams checked."""
 
 
 def _problem(path: str, response: schemathesis.Response, stream: bool) -> str | None:
@@ -183,14 +185,17 @@ def _fuzz_operation(
     def run(case: schemathesis.Case, aim: str) -> None:
         if aim != "as generated" and isinstance(case.body, dict):
             case.body["model"] = model_id
-            if aim == "served model, one user message" and "messages" in case.body:
+            if aim.startswith("one user message") and "messages" in case.body:
                 case.body["messages"] = [{"role": "user", "content": _text(case.body["messages"])}]
+            if aim.endswith("streamed"):
+                case.body["stream"] = True
         response = case.call(session=session, headers=headers, timeout=REQUEST_TIMEOUT_S)
         findings.cases[label] += 1
         findings.statuses[(operation.path, response.status_code)] += 1
         findings.slowest_s = max(findings.slowest_s, response.elapsed)
         stream = isinstance(case.body, dict) and case.body.get("stream") is True
         problem = _problem(operation.path, response, stream)
+        findings.streams += response.status_code == 200 and stream
         if problem is not None:
             findings.failures.append(
                 f"{label}: {problem}\n  answer: {response.content[:300]!r}\n"
@@ -231,7 +236,7 @@ def test_schema_fuzzing_gets_no_5xx_no_hang_and_only_openai_errors(
     elapsed = time.monotonic() - started
     total = sum(findings.cases.values())
     print(f"fuzzed {total} cases in {elapsed:.1f} s (slowest {findings.slowest_s:.2f} s)")
-    print(f"statuses: {dict(findings.statuses)}")
+    print(f"statuses: {dict(findings.statuses)}; {findings.streams} event streams")
     assert not findings.failures, f"{len(findings.failures)} failures:\n" + "\n".join(
         findings.failures[:10]
     )
@@ -239,6 +244,7 @@ def test_schema_fuzzing_gets_no_5xx_no_hang_and_only_openai_errors(
     # Valid requests reached Triton on both generation routes.
     assert findings.statuses[("/v1/chat/completions", 200)] > 0, findings.statuses
     assert findings.statuses[("/v1/completions", 200)] > 0, findings.statuses
+    assert findings.streams > 0
 
     chat = {"model": model_id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     after = httpx.post(
