@@ -90,12 +90,12 @@ class Findings:
     """200 event streams checked."""
 
 
-def _problem(path: str, response: schemathesis.Response, stream: bool) -> str | None:
+def _problem(path: str, response: schemathesis.Response, stream: bool, took_s: float) -> str | None:
     """Why this answer breaks the rules, or None."""
     status = response.status_code
     if status >= 500:
         return f"status {status}"
-    if response.stream_cut_short or response.elapsed > REQUEST_TIMEOUT_S:
+    if response.stream_cut_short or took_s > REQUEST_TIMEOUT_S:
         return f"no complete answer within {REQUEST_TIMEOUT_S} s"
     if status >= 400:
         return _error_problem(response.content)
@@ -107,6 +107,8 @@ def _problem(path: str, response: schemathesis.Response, stream: bool) -> str | 
         if not stream:
             return "an event stream for a request without stream: true"
         return _stream_problem(response.content, chunk)
+    if stream:
+        return "JSON for a request with stream: true"
     try:
         body = json.loads(response.content)
         if whole is not None:
@@ -134,13 +136,16 @@ def _error_problem(content: bytes) -> str | None:
 
 
 def _stream_problem(content: bytes, chunk: type[BaseModel] | None) -> str | None:
-    events = content.decode().split("\n\n")
-    if events[-1] != "" or events[-2] != "data: [DONE]":
+    events = content.decode(errors="replace").split("\n\n")
+    if events[-2:] != ["data: [DONE]", ""]:
         return "event stream does not end with data: [DONE]"
     for event in events[:-2]:
         if not event.startswith("data: "):
             return f"not a data event: {event[:80]!r}"
-        data = json.loads(event.removeprefix("data: "))
+        try:
+            data = json.loads(event.removeprefix("data: "))
+        except ValueError:
+            return f"event data is not JSON: {event[:80]!r}"
         if "error" in data:  # a failure after the 200: a 5xx in disguise
             return f"error event in the stream: {data['error']}"
         if chunk is not None:
@@ -158,6 +163,10 @@ def _text(messages: Any) -> str:
         if isinstance(content, str):
             return content
     return "hi"
+
+
+def _reproducer(case: schemathesis.Case, headers: dict[str, str]) -> str:
+    return f"reproduce: {case.as_curl_command(headers=headers)}"
 
 
 def _fuzz_operation(
@@ -189,17 +198,23 @@ def _fuzz_operation(
                 case.body["messages"] = [{"role": "user", "content": _text(case.body["messages"])}]
             if aim.endswith("streamed"):
                 case.body["stream"] = True
-        response = case.call(session=session, headers=headers, timeout=REQUEST_TIMEOUT_S)
+        started = time.monotonic()
         findings.cases[label] += 1
+        try:
+            response = case.call(session=session, headers=headers, timeout=REQUEST_TIMEOUT_S)
+        except requests.RequestException as exc:  # a timeout (hang), a reset, a dead gateway
+            findings.failures.append(f"{label}: no answer: {exc!r}\n  {_reproducer(case, headers)}")
+            return
+        took_s = time.monotonic() - started
         findings.statuses[(operation.path, response.status_code)] += 1
-        findings.slowest_s = max(findings.slowest_s, response.elapsed)
+        findings.slowest_s = max(findings.slowest_s, took_s)
         stream = isinstance(case.body, dict) and case.body.get("stream") is True
-        problem = _problem(operation.path, response, stream)
+        problem = _problem(operation.path, response, stream, took_s)
         findings.streams += response.status_code == 200 and stream
         if problem is not None:
             findings.failures.append(
                 f"{label}: {problem}\n  answer: {response.content[:300]!r}\n"
-                f"  reproduce: {case.as_curl_command(headers=headers)}"
+                f"  {_reproducer(case, headers)}"
             )
 
     run()
