@@ -132,3 +132,21 @@ class UpstreamUnavailable(GatewayError):
     status = 503
     code = "upstream_unavailable"
     headers = {"Retry-After": "1"}  # noqa: RUF012  # read-only: instances replace it, never mutate
+
+
+class ServerOverloaded(GatewayError):
+    """Every place is taken and the wait queue is full, or a request waited its whole queue
+    timeout (503, `Retry-After`): the gateway sheds load instead of piling it up."""
+
+    status = 503
+    code = "server_overloaded"
+    headers = {"Retry-After": "1"}  # noqa: RUF012  # read-only, as above
+
+
+class ShuttingDown(GatewayError):
+    """The gateway is draining for a shutdown: new requests go elsewhere, open streams that
+    outlive the drain end with this (503)."""
+
+    status = 503
+    code = "server_shutting_down"
+    headers = {"Retry-After": "1", "Connection": "close"}  # noqa: RUF012  # read-only, as above

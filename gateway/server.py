@@ -48,6 +48,8 @@ _CONFIG_ERROR = 2
 # Where a worker process finds its settings (a file only this user can read).
 _WORKER_SETTINGS = "LOCALMOE_WORKER_SETTINGS_FILE"
 _MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+# The command-line values the settings were built with, which a worker's reload keeps.
+_WORKER_GIVEN = "LOCALMOE_WORKER_GIVEN"
 
 
 def serve(settings: Settings, workers: int = 1) -> int:
@@ -70,6 +72,7 @@ def serve(settings: Settings, workers: int = 1) -> int:
 def worker_app() -> FastAPI:
     """The app of one `serve --workers N` worker process (uvicorn calls this factory)."""
     settings = Settings.model_validate_json(Path(os.environ[_WORKER_SETTINGS]).read_bytes())
+    settings._given = json.loads(os.environ.get(_WORKER_GIVEN, "{}"))
     configure_logging(settings)
     return create_app(settings)
 
@@ -96,11 +99,34 @@ def _serve_workers(settings: Settings, workers: int) -> int:
         metrics_dir.mkdir()
         # Inherited by the spawned workers; prometheus_client reads it when they import it.
         os.environ[_WORKER_SETTINGS] = str(settings_file)
+        os.environ[_WORKER_GIVEN] = json.dumps(settings._given)
         os.environ[_MULTIPROC_DIR] = str(metrics_dir)
         config = _config("gateway.server:worker_app", settings, factory=True, workers=workers)
-        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        supervisor = _Supervisor(config, [config.bind_socket()], settings, settings_file)
         supervisor.run()
     return 0
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's supervisor, whose SIGHUP reads the configuration again before it replaces the
+    workers one at a time (each new one ready before an old one drains)."""
+
+    def __init__(
+        self, config: uvicorn.Config, sockets: list[socket.socket], settings: Settings, file: Path
+    ) -> None:
+        super().__init__(config, sockets=sockets)
+        self._settings = settings
+        self._file = file
+
+    def handle_hup(self) -> None:
+        try:
+            new = self._settings.reloaded()
+        except Exception as exc:  # pydantic, YAML and file errors alike: keep running
+            log.error("configuration reload refused, keeping the running one: %s", exc)
+            return
+        self._file.write_text(_settings_json(new))
+        self._settings = new
+        super().handle_hup()
 
 
 def _settings_json(settings: Settings) -> str:

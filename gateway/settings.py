@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -81,6 +81,44 @@ class TritonSettings(_Section):
     streams: int = Field(default=2, ge=0, le=64)
     """Long-lived gRPC streams per upstream shared by routes that take `stop` (0: one RPC per
     request)."""
+    balancing: Literal["round_robin", "least_outstanding", "engine_aware"] = "least_outstanding"
+    """How an upstream is chosen among the healthy ones: in turn, the fewest requests in flight
+    from this gateway, or the lowest engine load read from each Triton's metrics port."""
+    affinity: bool = False
+    """Requests of one conversation (`x-session-id` header, else `user`, else the prompt's
+    first `affinity_prefix_chars`) go to the same upstream while it is healthy and not over
+    `affinity_load_factor` × the mean load (consistent hashing with bounded load)."""
+    affinity_prefix_chars: int = Field(default=256, ge=1)
+    """How much of the prompt keys affinity when a request has no session id or `user`."""
+    affinity_load_factor: float = Field(default=1.25, ge=1.0)
+    """Bound on an affine upstream's in-flight requests relative to the mean (1.25: 25 % over)."""
+    metrics_port: int = Field(default=8002, ge=1, le=65535)
+    """Triton's metrics port on each upstream's host (`engine_aware` balancing reads it)."""
+    metrics_urls: dict[str, str] = Field(default_factory=dict)
+    """Per-upstream metrics URL where it is not `http://<host>:<metrics_port>/metrics`."""
+    engine_poll_s: float = Field(default=0.5, gt=0)
+    """How often `engine_aware` balancing reads each upstream's metrics."""
+    max_in_flight_per_upstream: int | None = Field(default=None, ge=1)
+    """Requests one upstream may have in flight from this gateway; a full one is skipped."""
+    retries: int = Field(default=2, ge=0, le=10)
+    """Further upstreams a request may try when one fails before its first response."""
+    retry_budget: float = Field(default=0.2, ge=0, le=1)
+    """Retries stay under this share of requests over the last 10 s (at least 3 per 10 s)."""
+    retry_backoff_s: float = Field(default=0.02, ge=0)
+    """Base of the jittered exponential wait before a retry."""
+    breaker_failures: int = Field(default=5, ge=1)
+    """Consecutive failed requests that open an upstream's circuit."""
+    breaker_error_ratio: float = Field(default=0.5, gt=0, le=1)
+    """Share of failed requests over `breaker_window_s` that opens the circuit…"""
+    breaker_min_requests: int = Field(default=20, ge=1)
+    """…once the window holds at least this many requests."""
+    breaker_window_s: float = Field(default=10.0, gt=0)
+    """The window of the error ratio."""
+    breaker_open_s: float = Field(default=2.0, gt=0)
+    """How long an opened circuit stays open before one trial request (half-open); doubles each
+    time it opens again without having closed, up to `breaker_max_open_s`."""
+    breaker_max_open_s: float = Field(default=30.0, gt=0)
+    """The longest an opened circuit stays open."""
 
     _split_urls = field_validator("urls", mode="before")(_split)
 
@@ -184,6 +222,38 @@ class RateLimitSettings(_Section):
     """After a Redis error, how long per-process limits decide before Redis is tried again."""
 
 
+class AdmissionSettings(_Section):
+    """Backpressure: how many generations run at once, and how many wait (docs/resilience.md)."""
+
+    max_in_flight: int | None = Field(default=None, ge=1)
+    """Generation requests served at once by this gateway process (unset: no bound)."""
+    max_queue: int = Field(default=256, ge=0)
+    """Requests waiting for a place; beyond it, 503 `server_overloaded` with `Retry-After`."""
+    queue_timeout_s: float = Field(default=10.0, gt=0)
+    """The longest a request waits for a place; then the same 503."""
+    priority_claim: str = "priority"
+    """Token claim whose integer value orders the queue (higher first; default 0)."""
+
+
+class FallbackSettings(_Section):
+    """Where requests go when no Triton upstream can take them: any OpenAI-compatible provider,
+    called through LiteLLM (`pip install localmoe[fallback]`)."""
+
+    model: str | None = None
+    """LiteLLM model string, e.g. `openai/gpt-4o-mini` or `openai/<id>` with `api_base` (unset:
+    no fallback)."""
+    api_base: str | None = None
+    """The provider's base URL (an OpenAI-compatible server: `http://host:port/v1`)."""
+    api_key: SecretStr | None = None
+    """The provider's key (from a Secret in Kubernetes)."""
+    models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Local model ids that may fall back (empty: all)."""
+    timeout_s: float = Field(default=60.0, gt=0)
+    """Time limit on one fallback call."""
+
+    _split_models = field_validator("models", mode="before")(_split)
+
+
 class CacheSettings(_Section):
     """The exact-match response cache for deterministic requests."""
 
@@ -225,16 +295,28 @@ class Settings(BaseSettings):
     access_log: bool = True
     """One structured line per request, with its `x-request-id`."""
     drain_timeout_s: float = Field(default=30.0, ge=1)
-    """On SIGTERM/SIGINT: stop accepting, let open requests and streams finish for this long,
-    then close the rest (Kubernetes: keep `terminationGracePeriodSeconds` above it)."""
+    """On SIGTERM/SIGINT: not ready at once, no new connections, open requests and streams
+    finish for this long, then the rest end with an error event (Kubernetes: keep
+    `terminationGracePeriodSeconds` above it)."""
+    reload_watch_s: float | None = Field(default=None, gt=0)
+    """Poll `config_file` this often and apply it when it changes (SIGHUP always reloads)."""
 
     triton: TritonSettings = Field(default_factory=TritonSettings)
     requests: RequestSettings = Field(default_factory=RequestSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    fallback: FallbackSettings = Field(default_factory=FallbackSettings)
 
     _unset_redis = field_validator("redis_url", mode="before")(_empty_is_unset)
+    _given: dict[str, Any] = PrivateAttr(default_factory=dict)
+    """The command-line values it was built with, which a reload keeps."""
+
+    def reloaded(self) -> Settings:
+        """The settings as the file and the environment say now, with the same command-line
+        values; raises (pydantic's ValidationError, OSError, YAML errors) when they are bad."""
+        return load_settings(self.config_file, **self._given)
 
     @classmethod
     def settings_customise_sources(
@@ -267,4 +349,6 @@ def load_settings(
         given["triton"] = {"urls": triton_urls}
     if config_file is not None:
         given["config_file"] = Path(config_file)
-    return Settings(**given)
+    settings = Settings(**given)
+    settings._given = {"host": host, "port": port, "triton_urls": triton_urls}
+    return settings

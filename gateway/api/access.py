@@ -100,6 +100,7 @@ def call_context(request: Request) -> CallContext:
         cache_control=request.headers.get("cache-control"),
         meter=meter,
         headers=headers,
+        session=request.headers.get("x-session-id"),
     )
 
 

@@ -11,22 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from functools import partial
 
 from fastapi import FastAPI
 from starlette.middleware import Middleware
 
-from gateway.api import error_responses, metrics, openapi, routes
+from gateway.api import error_responses, fallback, metrics, openapi, routes
 from gateway.api.access import Access
+from gateway.api.admission import Admission
+from gateway.api.drain import Drain
 from gateway.api.middleware import BodySizeLimit, RequestContext
+from gateway.api.reload import Reloader
 from gateway.core.catalogue import Catalogue
 from gateway.core.service import OpenAIService
 from gateway.policy.cache import ResponseCache
 from gateway.settings import Settings
 from gateway.triton.backend import TritonBackend
-from gateway.triton.client import TritonPool
-from gateway.triton.discovery import keep_discovering
+from gateway.triton.discovery import keep_discovering, repository_models
+from gateway.triton.pool import TritonPool
+
+log = logging.getLogger("localmoe.gateway")
 
 _STARTUP_DISCOVERY_S = 10.0
 
@@ -71,14 +78,13 @@ def _lifespan(settings: Settings, access: Access) -> Lifespan:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = TritonPool(
-            settings.triton.urls,
-            health_interval_s=settings.triton.health_interval_s,
-            dns_interval_s=settings.triton.dns_interval_s,
-            stream_timeout_s=settings.triton.timeout_s,
-            shared_streams=settings.triton.streams,
-        )
+        pool = TritonPool(settings.triton)
         await pool.start()
+        app.state.pool = pool
+        app.state.admission = Admission(settings.admission)
+        app.state.fallback = fallback.build(settings.fallback)
+        drain = app.state.drain = Drain(settings.drain_timeout_s, pool.abort)
+        drain.install()
         catalogue = Catalogue(settings)
         await catalogue.load_configured()
         discovery = asyncio.create_task(
@@ -93,10 +99,18 @@ def _lifespan(settings: Settings, access: Access) -> Lifespan:
         if settings.cache.enabled:
             cache = ResponseCache(settings.cache, redis_url=settings.redis_url)
         backend = TritonBackend(pool)
-        app.state.service = OpenAIService(settings.requests, catalogue, backend, cache=cache)
+        service = app.state.service = OpenAIService(
+            settings.requests, catalogue, backend, cache=cache
+        )
+        reloader = Reloader(settings, partial(_apply, app, pool, service))
+        reloader.install()
         try:
             yield
         finally:
+            await reloader.close()
+            drain.uninstall()
+            if app.state.fallback is not None:
+                await app.state.fallback.aclose()
             discovery.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await discovery
@@ -106,3 +120,19 @@ def _lifespan(settings: Settings, access: Access) -> Lifespan:
                 await cache.aclose()
 
     return lifespan
+
+
+async def _apply(app: FastAPI, pool: TritonPool, service: OpenAIService, new: Settings) -> None:
+    """A reloaded configuration, for the requests that arrive from now on."""
+    await pool.reconfigure(new.triton)
+    app.state.admission.settings = new.admission
+    catalogue = Catalogue(new)
+    await catalogue.load_configured()
+    if not catalogue.complete and pool.ready():
+        with contextlib.suppress(Exception):  # the old models stay if Triton cannot say
+            await catalogue.discover(await repository_models(pool.ready_client()))
+    if catalogue.complete and catalogue.all():
+        service.reconfigure(new.requests, catalogue)
+    else:
+        log.warning("configuration reload: the new model list could not be loaded, keeping it")
+        service.reconfigure(new.requests)

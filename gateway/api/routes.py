@@ -15,23 +15,41 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Awaitable
+from contextlib import aclosing
 from typing import TypeVar
 
+import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
-from starlette.types import Receive
+from starlette.routing import Match, Route
+from starlette.types import Receive, Scope
 
 from gateway.api import sse
 from gateway.api.access import admit, authenticate, call_context
+from gateway.api.admission import Admission
 from gateway.api.error_responses import error_response, invalid_body
-from gateway.core.protocol import ChatCompletionRequest, CompletionRequest, HealthStatus, ModelList
+from gateway.core.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    HealthStatus,
+    ModelList,
+    ReadyStatus,
+)
 from gateway.core.service import Service
-from gateway.errors import ModelNotFound, UpstreamError, UpstreamUnavailable
+from gateway.errors import (
+    GatewayError,
+    ModelNotFound,
+    ServerOverloaded,
+    ShuttingDown,
+    UpstreamError,
+    UpstreamUnavailable,
+)
+from gateway.policy.auth import Principal
 
 T = TypeVar("T")
 R = TypeVar("R", bound=BaseModel)
+C = TypeVar("C")
 
 # nginx's "client closed request": only ever seen in our access log.
 CLIENT_CLOSED = 499
@@ -60,30 +78,53 @@ async def retrieve_model(model_id: str, request: Request) -> Response:
 
 async def create_chat_completion(request: Request) -> Response:
     """OpenAI chat completions, streamed or not."""
-    await admit(request, authenticate(request))
+    principal = authenticate(request)
+    await admit(request, principal)
+    request.app.state.drain.refuse()
     body = await _parse(request, ChatCompletionRequest)
     service, ctx = _service(request), call_context(request)
-    if body.stream:
-        return await _stream(request, service.chat_stream(body, ctx))
-    return await _respond(request, service.chat(body, ctx))
+    try:
+        await _take_place(request, principal)
+        if body.stream:
+            return await _stream(request, _held(request, service.chat_stream(body, ctx)))
+        return await _held_while(request, _respond(request, service.chat(body, ctx)))
+    except (UpstreamUnavailable, ServerOverloaded) as exc:
+        return await _fall_back(request, exc, body.model, chat=True, stream=bool(body.stream))
 
 
 async def create_completion(request: Request) -> Response:
     """OpenAI (legacy) text completions, streamed or not."""
-    await admit(request, authenticate(request))
+    principal = authenticate(request)
+    await admit(request, principal)
+    request.app.state.drain.refuse()
     body = await _parse(request, CompletionRequest)
     service, ctx = _service(request), call_context(request)
-    if body.stream:
-        return await _stream(request, service.completion_stream(body, ctx))
-    return await _respond(request, service.completion(body, ctx))
+    try:
+        await _take_place(request, principal)
+        if body.stream:
+            return await _stream(request, _held(request, service.completion_stream(body, ctx)))
+        return await _held_while(request, _respond(request, service.completion(body, ctx)))
+    except (UpstreamUnavailable, ServerOverloaded) as exc:
+        return await _fall_back(request, exc, body.model, chat=False, stream=bool(body.stream))
 
 
 # Plain Starlette routes, in the same router and behind the same middleware and exception
 # handlers as every route: FastAPI's per-route request handling (dependency solving, its exit
 # stack) is work these two do not use, and they are the hot path (docs/performance.md).
+class _Route(Route):
+    """A Starlette route that names itself in the scope, as FastAPI's do (`scope["route"]`):
+    the metrics and the access log label requests by it."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is Match.FULL:
+            child["route"] = self
+        return match, child
+
+
 generation = [
-    Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),
-    Route("/v1/completions", create_completion, methods=["POST"]),
+    _Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),
+    _Route("/v1/completions", create_completion, methods=["POST"]),
 ]
 
 
@@ -95,10 +136,61 @@ async def live() -> Response:
 
 @health.get("/ready")
 async def ready(request: Request) -> Response:
-    """A model is known and a Triton upstream is ready; 503 otherwise."""
+    """A model is known and a Triton upstream is ready, and the gateway is not draining; 503
+    otherwise. The body lists each upstream's readiness and circuit state."""
+    upstreams = request.app.state.pool.health()
+    if request.app.state.drain.draining:
+        return _not_ready(ShuttingDown("The gateway is shutting down."), upstreams)
     if not _service(request).ready():
-        return error_response(UpstreamUnavailable("No Triton upstream is ready."))
-    return _json(HealthStatus(status="ready"))
+        return _not_ready(UpstreamUnavailable("No Triton upstream is ready."), upstreams)
+    return _json(ReadyStatus(status="ready", upstreams=upstreams))
+
+
+def _not_ready(error: GatewayError, upstreams: list[dict[str, object]]) -> Response:
+    response = error_response(error)
+    body = orjson.loads(response.body)
+    body["upstreams"] = upstreams
+    return Response(
+        orjson.dumps(body), status_code=error.status, headers=dict(error.headers or {}),
+        media_type="application/json",
+    )  # fmt: skip
+
+
+async def _take_place(request: Request, principal: Principal) -> None:
+    admission: Admission = request.app.state.admission
+    priority = 0
+    if admission.bounded:
+        claim = principal.claims.get(admission.settings.priority_claim)
+        priority = claim if isinstance(claim, int) and not isinstance(claim, bool) else 0
+    await admission.acquire(priority)
+
+
+async def _held_while(request: Request, work: Awaitable[T]) -> T:
+    try:
+        return await work
+    finally:
+        request.app.state.admission.release()
+
+
+async def _held(request: Request, chunks: AsyncGenerator[C, None]) -> AsyncGenerator[C, None]:
+    # The place goes back when the stream ends, fails, or its client leaves: this generator is
+    # started before the response is (the first chunk), so its `finally` always runs.
+    try:
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk
+    finally:
+        request.app.state.admission.release()
+
+
+async def _fall_back(
+    request: Request, error: GatewayError, model: str, *, chat: bool, stream: bool
+) -> Response:
+    """The configured fallback provider's answer, when Triton cannot take the request."""
+    fallback = request.app.state.fallback
+    if fallback is None or not fallback.covers(model):
+        raise error
+    return await fallback.respond(request, await request.body(), chat=chat, stream=stream)
 
 
 def _service(request: Request) -> Service:

@@ -39,6 +39,9 @@ class GenerationRequest:
     request_id: str = ""
     stream: bool = True
     """Deltas as they are generated; else one delta with the whole text (fewer responses)."""
+    affinity: str | None = None
+    """Session or user: the backend keeps a conversation on one replica (else the prompt's
+    beginning does)."""
 
 
 @dataclass(frozen=True, slots=True)

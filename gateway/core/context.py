@@ -42,5 +42,7 @@ class CallContext:
     """The request's `Cache-Control` header (`no-cache` / `no-store` skip the cache)."""
     meter: TokenMeter | None = None
     """None: no token limit applies."""
+    session: str | None = None
+    """The `x-session-id` header: requests of one session stay on one upstream (affinity)."""
     headers: dict[str, str] = field(default_factory=dict)
     """Response headers; the HTTP layer sends them with whatever the response turns out to be."""

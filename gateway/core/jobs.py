@@ -39,6 +39,8 @@ class Job:
     cache_key: str | None = None
     """Set when the answer may come from, and go to, the response cache."""
     echo: bool = False
+    affinity: str | None = None
+    """What keeps the request's conversation on one upstream: the session, else `user`."""
 
     @property
     def choices(self) -> int:
@@ -82,6 +84,7 @@ class JobBuilder:
             n=request.n or 1,
             include_usage=_include_usage(request),
             cache_key=self._cache_key(request, model, ctx),
+            affinity=ctx.session or request.user,
         )
 
     async def completion(self, request: CompletionRequest, ctx: CallContext) -> Job:
@@ -105,6 +108,7 @@ class JobBuilder:
             include_usage=_include_usage(request),
             cache_key=self._cache_key(request, model, ctx),
             echo=bool(request.echo),
+            affinity=ctx.session or request.user,
         )
 
     def model(self, model_id: str, ctx: CallContext) -> ServedModel:

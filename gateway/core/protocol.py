@@ -237,6 +237,11 @@ class HealthStatus(_Response):
     status: Literal["live", "ready"]
 
 
+class ReadyStatus(HealthStatus):
+    upstreams: list[dict[str, Any]]
+    """Each Triton upstream's readiness, circuit state and requests in flight."""
+
+
 # --- streaming --------------------------------------------------------------------------------
 
 _TEXT_MARKER = "\x00localmoe-text\x00"

@@ -89,6 +89,12 @@ class OpenAIService:
         self.cache = cache
         self.jobs = JobBuilder(catalogue, limits, caching=cache is not None)
 
+    def reconfigure(self, limits: RequestSettings, catalogue: Catalogue | None = None) -> None:
+        """New request limits (and models) for the requests that arrive from now on; those in
+        flight finish with what they started with."""
+        self.catalogue = catalogue or self.catalogue
+        self.jobs = JobBuilder(self.catalogue, limits, caching=self.cache is not None)
+
     def ready(self) -> bool:
         """True when a model is known and an upstream is ready."""
         return bool(self.catalogue.all()) and self.backend.ready()

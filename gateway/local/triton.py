@@ -231,6 +231,15 @@ class TritonProcess:
                 os.killpg(proc.pid, signal.SIGKILL)
         self._cleanup()
 
+    def kill(self) -> None:
+        """SIGKILL the server and its stubs at once, as a crash would (failure drills)."""
+        proc = self._proc
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        self._cleanup()
+
     def _cleanup(self) -> None:
         if self._reader is not None:
             self._reader.join(timeout=2)

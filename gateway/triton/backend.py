@@ -6,14 +6,16 @@ import dataclasses
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from functools import partial
+from typing import Any
 
+import grpc
 from tritonclient.utils import InferenceServerException
 
 from gateway.core.backend import Delta, GenerationRequest
 from gateway.errors import UpstreamUnavailable
 from gateway.triton import adapter
-from gateway.triton.client import TritonPool
 from gateway.triton.discovery import RouteTensors, route_tensors
+from gateway.triton.pool import TritonPool
 
 # Routes with a `finish_reason` output (LocalMoE's text routes: `tensorrt_llm_bls`) always leave
 # the prompt out of their text and report token counts, so these switches, which NVIDIA's routes
@@ -49,7 +51,8 @@ class TritonBackend:
         infer = adapter.build_request(route, request, tensors.inputs)
         # Routes that take `stop` share streams and are stopped by id; others get their own RPC.
         stop = partial(adapter.build_stop, route) if "stop" in tensors.inputs else None
-        stream = self.pool.stream(infer, parse=adapter.parse, stop=stop)
+        key = request.affinity or request.prompt[: self.pool.settings.affinity_prefix_chars]
+        stream = self.pool.stream(infer, parse=adapter.parse, stop=stop, affinity_key=key)
         if "finish_reason" in tensors.outputs:
             return stream
         return _ensemble_semantics(stream, request.params.max_tokens)
@@ -57,16 +60,24 @@ class TritonBackend:
     async def _generate_first(
         self, route: str, request: GenerationRequest
     ) -> AsyncGenerator[Delta, None]:
-        try:
-            tensors = await route_tensors(self.pool.ready_client(), route)
-        except InferenceServerException as exc:
-            raise UpstreamUnavailable(f"Model route '{route}' is not available: {exc}") from exc
+        tensors = await _first_answer(self.pool.ready_clients(), route)
         if "finish_reason" in tensors.outputs:
             tensors = RouteTensors(tensors.inputs - _NO_OP_SWITCHES, tensors.outputs)
         self._routes[route] = tensors
         async with aclosing(self._stream(route, request, tensors)) as stream:
             async for delta in stream:
                 yield delta
+
+
+async def _first_answer(clients: list[Any], route: str) -> RouteTensors:
+    """The route's tensors from the first ready upstream that answers (one may have just died)."""
+    error: Exception | None = None
+    for client in clients:
+        try:
+            return await route_tensors(client, route)
+        except (InferenceServerException, grpc.RpcError, OSError) as exc:
+            error = exc
+    raise UpstreamUnavailable(f"Model route '{route}' is not available: {error}")
 
 
 async def _ensemble_semantics(

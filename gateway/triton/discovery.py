@@ -12,7 +12,7 @@ from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
 from gateway.errors import UpstreamUnavailable
-from gateway.triton.client import TritonPool
+from gateway.triton.pool import TritonPool
 
 log = logging.getLogger("localmoe.models")
 

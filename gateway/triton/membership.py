@@ -66,7 +66,7 @@ class Membership:
 
     def __init__(self, targets: Targets, resolver: Resolver = resolve) -> None:
         self.targets = targets
-        self._resolver = resolver
+        self.resolver = resolver
         self._last: dict[tuple[str, int], list[str]] = {}
 
     async def current(self) -> list[str]:
@@ -74,7 +74,7 @@ class Membership:
         urls = list(self.targets.fixed)
         for name in self.targets.names:
             try:
-                addresses = await self._resolver(*name)
+                addresses = await self.resolver(*name)
             except OSError as exc:
                 log.warning("cannot resolve %s:%d, keeping its last addresses: %s", *name, exc)
                 addresses = self._last.get(name, [])

@@ -9,6 +9,7 @@ workers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any, Protocol
 
@@ -38,6 +39,12 @@ REQUESTS = Counter(
     "localmoe_upstream_requests_total",
     "Attempts on the Triton upstream by outcome (ok, error, timeout, cancelled)",
     ["upstream", "outcome"],
+)
+CIRCUIT = Gauge(
+    "localmoe_upstream_circuit_state",
+    "1 for the upstream's current circuit state (closed, open, half_open), 0 for the others",
+    ["upstream", "state"],
+    multiprocess_mode="livemax",
 )
 RETRIES = Counter(
     "localmoe_upstream_retries_total",
@@ -69,6 +76,30 @@ def _of(url: str) -> _Series:
     if series is None:
         series = _series[url] = _Series(url)
     return series
+
+
+_STATES = ("closed", "open", "half_open")
+
+
+def set_circuit(url: str, state: str) -> None:
+    """The upstream's circuit state as one-hot gauges."""
+    for name in _STATES:
+        CIRCUIT.labels(url, name).set(1 if name == state else 0)
+
+
+def forget(url: str) -> None:
+    """An upstream left (DNS): drop its series, so no alert watches a pod that is gone. Under
+    `--workers N` the multiprocess files keep their last values until the workers restart."""
+    series = _series.pop(url, None)
+    if series is None:
+        return
+    for metric, labels in [
+        (UP, (url,)), (IN_FLIGHT, (url,)), (DURATION, (url,)), (RETRIES, (url,)),
+        *((REQUESTS, (url, outcome)) for outcome in _OUTCOMES),
+        *((CIRCUIT, (url, state)) for state in _STATES),
+    ]:  # fmt: skip
+        with contextlib.suppress(KeyError):
+            metric.remove(*labels)
 
 
 def set_up(url: str, ready: bool) -> None:

@@ -140,8 +140,12 @@ def test_validation_needs_no_upstream(offline_gateway: GatewayProcess) -> None:
 
 def test_readiness_is_503_without_an_upstream(offline_gateway: GatewayProcess) -> None:
     response = httpx.get(f"{offline_gateway.url}/health/ready", timeout=10)
-    assert response.status_code == 503 and _error(response)["code"] == "upstream_unavailable"
+    body = response.json()
+    assert response.status_code == 503 and body["error"]["code"] == "upstream_unavailable"
     assert "retry-after" in response.headers
+    # Beside OpenAI's error, what each upstream looks like from here.
+    assert [u["ready"] for u in body["upstreams"]] == [False]
+    assert body["upstreams"][0]["circuit"] == "closed"
 
 
 def test_a_trailing_slash_is_404_in_openai_shape_not_a_redirect(

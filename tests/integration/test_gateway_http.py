@@ -13,7 +13,9 @@ from tests.support import wait_for
 
 def test_liveness_and_readiness_are_200_with_triton_up(gateway: GatewayProcess) -> None:
     assert httpx.get(f"{gateway.url}/health/live", timeout=10).json() == {"status": "live"}
-    assert httpx.get(f"{gateway.url}/health/ready", timeout=10).json() == {"status": "ready"}
+    ready = httpx.get(f"{gateway.url}/health/ready", timeout=10).json()
+    assert ready["status"] == "ready"
+    assert [(u["ready"], u["circuit"]) for u in ready["upstreams"]] == [(True, "closed")]
 
 
 def test_client_request_id_is_echoed(gateway: GatewayProcess) -> None:

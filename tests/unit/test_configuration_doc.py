@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import inspect
 import itertools
+import json
 import os
 import re
 import textwrap
@@ -136,6 +137,8 @@ def _default(value: Any) -> str:
         return f"{value:g}"
     if isinstance(value, list):
         return ",".join(_default(item) for item in value) if value else "[]"
+    if isinstance(value, dict):
+        return json.dumps(value)
     if isinstance(value, SecretStr):
         return "(secret)"
     if isinstance(value, Path | str | int):

@@ -11,8 +11,9 @@ import asyncio
 
 import pytest
 
-from gateway.triton.client import TritonPool
+from gateway.settings import TritonSettings
 from gateway.triton.membership import Membership, Targets, resolve, split_host_port
+from gateway.triton.pool import TritonPool
 
 
 class FakeDns:
@@ -54,7 +55,8 @@ async def test_a_failed_lookup_keeps_the_last_answer() -> None:
 
 async def test_pool_follows_dns_and_retires_what_left_once_idle() -> None:
     dns = FakeDns({"svc": ["127.0.0.2", "127.0.0.3"]})
-    pool = TritonPool(["dns:///svc:1"], resolver=dns, health_interval_s=60, dns_interval_s=60)
+    settings = TritonSettings(urls=["dns:///svc:1"], health_interval_s=60, dns_interval_s=60)
+    pool = TritonPool(settings, resolver=dns)
     await pool.start()
     try:
         assert [u.url for u in pool.upstreams] == ["127.0.0.2:1", "127.0.0.3:1"]

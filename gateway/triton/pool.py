@@ -1,0 +1,443 @@
+"""All Triton upstreams of the gateway, and how a request gets through them.
+
+A request goes to one eligible upstream — ready by its last health probe, its circuit not open,
+under `max_in_flight_per_upstream` — chosen by the balancer (`gateway.triton.balancer`). If
+that upstream fails before the request has its first response (unreachable, its stream cut,
+the model not loaded there), the request moves to another upstream after a short jittered wait:
+always when that upstream is gone (its connection lost, its circuit open), else only within the
+retry budget, so that retries cannot pile load on upstreams that are failing because they are
+overloaded. A request that has produced output is never retried. Every outcome feeds the
+upstream's circuit breaker (`gateway.triton.breaker`).
+
+When nothing is eligible the answer is immediate: 503 `upstream_unavailable` with `Retry-After`
+(every circuit open or every upstream down), or 503 `server_overloaded` (every upstream full).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import sys
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from typing import TypeVar
+
+import grpc
+from tritonclient.grpc import service_pb2
+from tritonclient.grpc.aio import InferenceServerClient
+from tritonclient.utils import InferenceServerException
+
+from gateway.errors import (
+    GatewayError,
+    ServerOverloaded,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from gateway.settings import TritonSettings
+from gateway.triton import engine_load, metrics
+from gateway.triton.balancer import Balancer
+from gateway.triton.breaker import Breaker, RetryBudget, State
+from gateway.triton.membership import Membership, Resolver, Targets, resolve
+from gateway.triton.metrics import Attempt
+from gateway.triton.upstream import Request, StopRequest, Upstream
+
+log = logging.getLogger("localmoe.triton")
+
+T = TypeVar("T")
+Parse = Callable[[service_pb2.ModelInferResponse], tuple[T, bool]]
+
+_PROBE_TIMEOUT_S = 1.0
+# An upstream whose address left DNS finishes what it carries for at most this long, then closes.
+_RETIRE_GRACE_S = 120.0
+# Triton's wording when the model is missing or still loading there: try another upstream.
+_NOT_SERVING = ("unknown model", "is not ready", "is not found", "not available")
+
+
+class _Lost(Exception):
+    """The attempt failed for the upstream's sake before the request had any response."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class TritonPool:
+    """Create and `start()` it inside the running event loop."""
+
+    def __init__(self, settings: TritonSettings, *, resolver: Resolver = resolve) -> None:
+        self.settings = settings
+        self._membership = Membership(Targets.parse(settings.urls), resolver)
+        self.balancer = Balancer(settings.balancing, load_factor=settings.affinity_load_factor)
+        self.upstreams: list[Upstream] = []
+        self._budget = RetryBudget(settings.retry_budget)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._retiring: dict[Upstream, asyncio.Task[None]] = {}
+        self._calls: set[grpc.aio.StreamStreamCall] = set()
+        self._aborted: GatewayError | None = None
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resolve the upstreams, probe each once, then keep probing (and resolving `dns:///`
+        entries, and reading engine loads for `engine_aware`) in the background."""
+        await self.refresh()
+        await self.check()
+        self._tasks.append(asyncio.create_task(self._probe_forever(), name="triton-health"))
+        if self._membership.targets.names:
+            self._tasks.append(asyncio.create_task(self._resolve_forever(), name="triton-dns"))
+        if self.settings.balancing == "engine_aware":
+            self._tasks.append(asyncio.create_task(self._read_loads_forever(), name="triton-load"))
+
+    async def close(self) -> None:
+        """Stop the background work and close every client."""
+        for task in [*self._tasks, *self._retiring.values()]:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        everything = [*self.upstreams, *self._retiring]
+        await asyncio.gather(*(u.close() for u in everything), return_exceptions=True)
+
+    def abort(self, error: GatewayError) -> None:
+        """End every request in flight with `error` and refuse new ones (the end of a drain)."""
+        self._aborted = error
+        for call in list(self._calls):
+            call.cancel()
+        for upstream in self.upstreams:
+            upstream.break_streams(error)
+
+    async def reconfigure(self, settings: TritonSettings) -> None:
+        """Take new settings (a reload): upstreams, balancing and circuit parameters; requests
+        in flight carry on where they are."""
+        self.settings = settings
+        self._membership = Membership(Targets.parse(settings.urls), self._membership.resolver)
+        self.balancer = Balancer(settings.balancing, load_factor=settings.affinity_load_factor)
+        self._budget.ratio = settings.retry_budget
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """Bring the upstreams in line with the configuration and DNS: new addresses are opened
+        and probed, vanished ones stop taking requests and close once idle."""
+        urls = await self._membership.current()
+        wanted = set(urls)
+        known = {u.url: u for u in self.upstreams}
+        added = [self._open(url) for url in urls if url not in known]
+        opened = {u.url: u for u in added}
+        gone = [u for u in self.upstreams if u.url not in wanted]
+        await asyncio.gather(*(self._probe(u) for u in added))
+        self.upstreams = [known.get(url) or opened[url] for url in urls]
+        for upstream in gone:
+            log.info("upstream %s left, closing it once idle", upstream.url)
+            self._retiring[upstream] = asyncio.create_task(self._retire(upstream))
+
+    # -- state ----------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """True when at least one upstream answered its last readiness probe."""
+        return any(u.ready for u in self.upstreams)
+
+    def health(self) -> list[dict[str, object]]:
+        """Each upstream's view for `/health/ready`: ready, circuit state, requests in flight."""
+        return [
+            {
+                "upstream": u.url,
+                "ready": u.ready,
+                "circuit": u.breaker.state.value,
+                "in_flight": u.in_flight,
+            }
+            for u in self.upstreams
+        ]
+
+    async def check(self) -> None:
+        """Probe every upstream's readiness now."""
+        await asyncio.gather(*(self._probe(u) for u in self.upstreams))
+
+    def ready_client(self) -> InferenceServerClient:
+        """A ready upstream's client, for control calls such as model discovery."""
+        return self.ready_clients()[0]
+
+    def ready_clients(self) -> list[InferenceServerClient]:
+        """The clients of every ready upstream, the least loaded first."""
+        ready = sorted((u for u in self.upstreams if u.ready), key=lambda u: u.in_flight)
+        if not ready:
+            raise UpstreamUnavailable("No Triton upstream is ready to serve this request.")
+        return [u.client for u in ready]
+
+    # -- requests -------------------------------------------------------------------------
+
+    def stream(
+        self,
+        request: Request,
+        *,
+        parse: Parse[T],
+        stop: StopRequest | None = None,
+        affinity_key: str | None = None,
+    ) -> AsyncGenerator[T, None]:
+        """Stream `request`, yielding `parse(response)[0]` until `parse` says final.
+
+        Closing the iterator early ends the request on Triton: with the message
+        `stop(request_id)` where the route has one (on a shared stream), else by cancelling the
+        request's own RPC. `affinity_key` (with `affinity` on) keeps a conversation on one
+        upstream."""
+        key = affinity_key if self.settings.affinity else None
+        return self._run(request, parse, stop, key)
+
+    async def _run(
+        self, request: Request, parse: Parse[T], stop: StopRequest | None, key: str | None
+    ) -> AsyncGenerator[T, None]:
+        self._budget.request()
+        shared = stop is not None and self.settings.streams > 0
+        client_id = request.id
+        tried: set[Upstream] = set()
+        retries = 0
+        while True:
+            upstream = self._choose(tried, key)
+            tried.add(upstream)
+            attempt = Attempt(upstream)
+            request.id = client_id
+            try:
+                if shared:
+                    assert stop is not None
+                    items = self._on_shared_stream(upstream, request, parse, stop)
+                else:
+                    items = self._on_own_call(upstream, request, parse)
+                async with aclosing(items):
+                    async for item, final in items:
+                        if final:
+                            attempt.outcome = "ok"
+                            upstream.breaker.success()
+                        yield item
+                return
+            except _Lost as lost:
+                upstream.breaker.failure()
+                # A request on an upstream that is gone (down, or its circuit open) moves to
+                # another; one that failed on an upstream still up retries within the budget.
+                gone = not upstream.ready or upstream.breaker.state is State.OPEN
+                if retries >= self.settings.retries or not (gone or self._budget.allows_retry()):
+                    raise lost.error from None
+                log.warning("upstream %s failed (%s), trying another", upstream.url, lost)
+                attempt.retried()
+                retries += 1
+                await asyncio.sleep(random.uniform(0, self.settings.retry_backoff_s * 2**retries))
+            except (UpstreamTimeout, UpstreamUnavailable):
+                upstream.breaker.failure()
+                raise
+            finally:
+                error = sys.exc_info()[1]
+                attempt.finish(error)
+                if attempt.outcome is None and upstream.breaker.state is State.HALF_OPEN:
+                    upstream.breaker.abandon()  # a cancelled trial says nothing either way
+
+    async def _on_shared_stream(
+        self, upstream: Upstream, request: Request, parse: Parse[T], stop: StopRequest
+    ) -> AsyncGenerator[tuple[T, bool], None]:
+        loop = asyncio.get_running_loop()
+        stream = upstream.shared_stream()
+        inbox = stream.open(request)
+        started = ended = False
+        # The deadline arrives in the inbox like a response: the request's task may be busy
+        # outside this generator (writing to its client), where a cancellation would land.
+        deadline = None
+        if self.settings.timeout_s is not None:
+            timed_out = UpstreamTimeout(f"Triton upstream {upstream.url} timed out.")
+            deadline = loop.call_later(self.settings.timeout_s, inbox.put, timed_out)
+        try:
+            try:
+                await stream.send(request)
+            except grpc.aio.AioRpcError as exc:
+                ended = True  # the call is gone, and with it the request
+                raise _transport_error(upstream, exc, started) from exc
+            except (UpstreamUnavailable, UpstreamError) as exc:
+                ended = True  # the stream broke before the request was on it
+                raise _Lost(_unavailable(upstream, "ended a stream")) from exc
+            while True:
+                try:
+                    response = await inbox.get()
+                except grpc.aio.AioRpcError as exc:
+                    ended = True
+                    raise _transport_error(upstream, exc, started) from exc
+                except UpstreamTimeout:
+                    raise
+                except (UpstreamUnavailable, UpstreamError) as exc:
+                    ended = True  # the stream broke under the request
+                    if started:
+                        raise
+                    raise _Lost(_unavailable(upstream, "stopped answering")) from exc
+                if response.error_message:
+                    ended = True  # Triton ended the request with the error
+                    raise _triton_error(request.model_name, response.error_message, started)
+                started = True
+                item, ended = parse(response.infer_response)
+                yield item, ended
+                if ended:
+                    return
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+            stream.forget(request.id)
+            if not ended:
+                stream.stop_soon(stop(request.id))
+
+    async def _on_own_call(
+        self, upstream: Upstream, request: Request, parse: Parse[T]
+    ) -> AsyncGenerator[tuple[T, bool], None]:
+        call = upstream.stub.ModelStreamInfer(timeout=self.settings.timeout_s)
+        self._calls.add(call)
+        started = complete = False
+        try:
+            try:
+                await call.write(request)
+            except (asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
+                raise _Lost(_unavailable(upstream, "ended the call")) from exc
+            # Our side stays open until the final response: half-closing early would let
+            # some gRPC stacks end the call before a decoupled model has answered.
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    if started:
+                        raise UpstreamError(
+                            f"Triton closed the stream for '{request.model_name}' early."
+                        )
+                    raise _Lost(_unavailable(upstream, "closed the stream"))
+                if response.error_message:
+                    raise _triton_error(request.model_name, response.error_message, started)
+                started = True
+                item, complete = parse(response.infer_response)
+                yield item, complete
+                if complete:
+                    await call.done_writing()
+                    return
+        except grpc.aio.AioRpcError as exc:
+            raise _transport_error(upstream, exc, started) from exc
+        except asyncio.CancelledError:
+            if self._aborted is not None and call.cancelled():
+                raise self._aborted from None
+            raise
+        finally:
+            self._calls.discard(call)
+            if not complete:
+                call.cancel()
+
+    def _choose(self, tried: set[Upstream], key: str | None) -> Upstream:
+        if self._aborted is not None:
+            raise self._aborted
+        cap = self.settings.max_in_flight_per_upstream
+        while True:
+            eligible = [
+                u
+                for u in self.upstreams
+                if u.ready
+                and u not in tried
+                and u.breaker.would_allow()
+                and (cap is None or u.in_flight < cap)
+            ]
+            if not eligible:
+                raise self._nothing_eligible(tried, cap)
+            upstream = self.balancer.pick(eligible, key)
+            if upstream.breaker.allows():  # takes the half-open trial, if that is what it is
+                return upstream
+            tried = {*tried, upstream}
+
+    def _nothing_eligible(self, tried: set[Upstream], cap: int | None) -> GatewayError:
+        usable = [u for u in self.upstreams if u.ready and u not in tried]
+        if cap is not None and usable and all(u.in_flight >= cap for u in usable):
+            return ServerOverloaded("Every Triton upstream is at its request limit; retry soon.")
+        waits = [u.breaker.retry_after_s() for u in usable if u.breaker.state is State.OPEN]
+        retry_after = math.ceil(min(waits)) if waits else math.ceil(self.settings.health_interval_s)
+        return UpstreamUnavailable(
+            "No Triton upstream is ready to serve this request.",
+            headers={"Retry-After": str(max(1, retry_after))},
+        )
+
+    # -- background -----------------------------------------------------------------------
+
+    def _open(self, url: str) -> Upstream:
+        s = self.settings
+        breaker = Breaker(
+            failures=s.breaker_failures,
+            error_ratio=s.breaker_error_ratio,
+            min_requests=s.breaker_min_requests,
+            window_s=s.breaker_window_s,
+            open_s=s.breaker_open_s,
+            max_open_s=s.breaker_max_open_s,
+            on_change=lambda state: metrics.set_circuit(url, state.value),
+        )
+        metrics.set_circuit(url, breaker.state.value)
+        upstream = Upstream.open(url, s.streams, breaker)
+        upstream.metrics_url = engine_load.metrics_url(url, s.metrics_port, s.metrics_urls)
+        return upstream
+
+    async def _probe(self, upstream: Upstream) -> None:
+        try:
+            ready = await upstream.client.is_server_ready(client_timeout=_PROBE_TIMEOUT_S)
+        except (InferenceServerException, grpc.RpcError, OSError):
+            ready = False
+        if ready != upstream.ready:
+            log.info("upstream %s is %s", upstream.url, "ready" if ready else "not ready")
+            if ready:
+                upstream.breaker.recovered()
+            else:
+                # A stream to a server that stopped answering may never end on its own.
+                upstream.break_streams(_unavailable(upstream, "stopped answering"))
+        upstream.ready = bool(ready)
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health_interval_s)
+            await self.check()
+
+    async def _resolve_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.dns_interval_s)
+            await self.refresh()
+
+    async def _read_loads_forever(self) -> None:
+        while True:
+            upstreams = list(self.upstreams)
+            loads = await asyncio.gather(
+                *(engine_load.read(u.metrics_url, u.in_flight) for u in upstreams)
+            )
+            for upstream, load in zip(upstreams, loads, strict=True):
+                upstream.engine = load
+            await asyncio.sleep(self.settings.engine_poll_s)
+
+    async def _retire(self, upstream: Upstream) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _RETIRE_GRACE_S
+        try:
+            while upstream.in_flight and loop.time() < deadline:
+                await asyncio.sleep(0.5)
+            await upstream.close()
+        finally:
+            metrics.forget(upstream.url)
+            self._retiring.pop(upstream, None)
+
+
+def _unavailable(upstream: Upstream, what: str) -> UpstreamUnavailable:
+    return UpstreamUnavailable(f"Triton upstream {upstream.url} {what}.")
+
+
+def _triton_error(model: str, message: str, started: bool) -> GatewayError | _Lost:
+    if any(marker in message for marker in _NOT_SERVING):
+        error = UpstreamUnavailable(f"Model route '{model}' is not available on Triton: {message}")
+        return error if started else _Lost(error)
+    return UpstreamError(f"Triton failed the request: {message}")
+
+
+def _transport_error(upstream: Upstream, exc: grpc.aio.AioRpcError, started: bool) -> Exception:
+    """An RPC that ended: before any response the request moves to another upstream (it may
+    not have run at all, and it produced nothing); after, the client hears of it."""
+    code = exc.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return UpstreamTimeout(f"Triton upstream {upstream.url} timed out.")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        upstream.ready = False
+    log.warning("upstream %s ended a call: %s", upstream.url, code.name)
+    if not started:
+        return _Lost(_unavailable(upstream, f"failed ({code.name})"))
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return _unavailable(upstream, "went away")
+    return UpstreamError(f"Triton upstream {upstream.url} failed ({code.name}).")

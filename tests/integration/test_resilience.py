@@ -1,0 +1,301 @@
+"""Failures of real processes under load, as a client sees them: a Triton replica killed while
+requests and streams are in flight, every replica down, a replica coming back, a configuration
+reload that adds and removes replicas, affinity, and a storm of clients hanging up."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from gateway.local.triton import TritonProcess
+from tests.gateway_fixtures import GatewayProcess, start_gateway, stop_gateway
+from tests.support import free_port, metric_value, wait_for
+
+OK = "localmoe_upstream_requests_total"
+
+
+def _replica(model_repository: Path) -> TritonProcess:
+    return TritonProcess(
+        model_repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
+    )
+
+
+@pytest.fixture(scope="module")
+def replicas(model_repository: Path) -> Iterator[list[TritonProcess]]:
+    """Two Triton replicas of this module's own: the tests kill and restart them."""
+    servers = [_replica(model_repository), _replica(model_repository)]
+    for server in servers:
+        server.start()
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def balanced(
+    replicas: list[TritonProcess], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    process = start_gateway(
+        tmp_path_factory.mktemp("resilience"),
+        triton_urls=[r.grpc_url for r in replicas],
+        config={"cache": {"enabled": False}},
+    )
+    yield process
+    stop_gateway(process)
+
+
+@pytest.fixture
+def both_up(replicas: list[TritonProcess]) -> Iterator[list[TritonProcess]]:
+    """Every replica is up when the test starts and when it ends."""
+    for replica in replicas:
+        if not replica.is_ready():
+            replica.start()
+    yield replicas
+    for replica in replicas:
+        if not replica.is_ready():
+            replica.kill()
+            replica.start()
+
+
+def _client(gateway: GatewayProcess) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url=gateway.base_url, api_key=gateway.token, max_retries=0, timeout=60
+    )
+
+
+async def _completion(client: openai.AsyncOpenAI, model: str, max_tokens: int) -> Any:
+    try:
+        return await client.completions.create(
+            model=model, prompt="Tell me about", max_tokens=max_tokens,
+            extra_body={"ignore_eos": True},
+        )  # fmt: skip
+    except openai.APIError as exc:
+        return exc
+
+
+async def _burst(gateway: GatewayProcess, model: str, count: int, max_tokens: int) -> list[Any]:
+    async with _client(gateway) as client:
+        return await asyncio.gather(*(_completion(client, model, max_tokens) for _ in range(count)))
+
+
+def _served_by(gateway: GatewayProcess, replica: TritonProcess) -> float:
+    return metric_value(f"{gateway.url}/metrics", OK, upstream=replica.grpc_url, outcome="ok")
+
+
+def test_killing_a_replica_under_load_fails_no_request_and_ends_its_streams(
+    balanced: GatewayProcess, both_up: list[TritonProcess], model_id: str
+) -> None:
+    victim = both_up[0]
+
+    async def stream_until_the_end(client: openai.AsyncOpenAI) -> tuple[str, float]:
+        ended = "finished"
+        try:
+            stream = await client.chat.completions.create(
+                model=model_id, messages=[{"role": "user", "content": "A long story, please."}],
+                max_tokens=1500, stream=True, extra_body={"ignore_eos": True},
+            )  # fmt: skip
+            async for _ in stream:
+                pass
+        except openai.APIError:
+            ended = "error event"
+        return ended, time.monotonic()
+
+    async def scenario() -> tuple[list[Any], list[tuple[str, float]], float]:
+        async with _client(balanced) as client:
+            streams = [asyncio.create_task(stream_until_the_end(client)) for _ in range(4)]
+            burst = asyncio.create_task(_burst(balanced, model_id, 16, 48))
+            await asyncio.sleep(0.5)  # requests and streams are on both replicas now
+            victim.kill()
+            killed = time.monotonic()
+            return await burst, await asyncio.gather(*streams), killed
+
+    results, streams, killed = asyncio.run(scenario())
+    failed = [str(r) for r in results if isinstance(r, Exception)]
+    assert failed == []
+    assert all(r.usage.completion_tokens == 48 for r in results)
+    cut = [at - killed for how, at in streams if how == "error event"]
+    assert cut, "no stream was on the killed replica"
+    assert max(cut) < 2.0  # ended with an error event, not hanging
+
+
+def test_every_replica_down_is_a_fast_503_and_service_returns_within_5_s(
+    balanced: GatewayProcess, both_up: list[TritonProcess], model_id: str
+) -> None:
+    for replica in both_up:
+        replica.kill()
+    ready = f"{balanced.url}/health/ready"
+    assert wait_for(lambda: httpx.get(ready, timeout=5).status_code == 503, timeout=10)
+    body = {"model": model_id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    with httpx.Client(headers=balanced.headers, timeout=10) as http:
+        http.post(f"{balanced.base_url}/chat/completions", json=body)  # warm the connection
+        for _ in range(5):
+            started = time.monotonic()
+            refused = http.post(f"{balanced.base_url}/chat/completions", json=body)
+            took = time.monotonic() - started
+            assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+            assert refused.json()["error"]["code"] == "upstream_unavailable"
+            assert took < 0.1, f"took {took * 1000:.0f} ms"
+        both_up[1].start()
+        back = time.monotonic()
+
+        def served() -> bool:
+            return http.post(f"{balanced.base_url}/chat/completions", json=body).status_code == 200
+
+        assert wait_for(served, timeout=5, interval=0.1), "not back within 5 s"
+        assert time.monotonic() - back < 5
+
+
+def test_a_restarted_replica_is_used_again_within_5_s(
+    balanced: GatewayProcess, both_up: list[TritonProcess], model_id: str
+) -> None:
+    victim = both_up[1]
+    victim.kill()
+    asyncio.run(_burst(balanced, model_id, 4, 2))  # notices it is gone
+    time.sleep(3)  # an outage long enough for gRPC's reconnect backoff to have grown
+    victim.start()
+    back = time.monotonic()
+    served = _served_by(balanced, victim)
+
+    def used_again() -> bool:
+        asyncio.run(_burst(balanced, model_id, 2, 1))
+        return _served_by(balanced, victim) > served
+
+    assert wait_for(used_again, timeout=5, interval=0.1), "replica not used again within 5 s"
+    assert time.monotonic() - back < 5
+
+
+def test_reload_adds_and_removes_a_replica_under_load_and_refuses_a_bad_file(
+    both_up: list[TritonProcess], model_id: str, tmp_path: Path
+) -> None:
+    first, second = both_up
+    config = tmp_path / "gateway.yaml"
+
+    def write(urls: list[str]) -> None:
+        config.write_text(yaml.safe_dump({"triton": {"urls": urls}, "cache": {"enabled": False}}))
+
+    write([first.grpc_url])
+    gateway = start_gateway(tmp_path, triton_urls=[], args=["--config", str(config)])
+    failures: list[str] = []
+    done = threading.Event()
+
+    def load() -> None:
+        with openai.OpenAI(base_url=gateway.base_url, api_key=gateway.token, max_retries=0) as c:
+            while not done.is_set():
+                try:
+                    c.completions.create(model=model_id, prompt="Hi", max_tokens=8)
+                except openai.APIError as exc:
+                    failures.append(str(exc))
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    try:
+        for worker in workers:
+            worker.start()
+        time.sleep(0.5)
+        assert _served_by(gateway, second) == 0
+        write([first.grpc_url, second.grpc_url])
+        gateway.process.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: _served_by(gateway, second) > 0, timeout=10)
+        write([second.grpc_url])
+        gateway.process.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: gateway.log().count("configuration reloaded") >= 2, timeout=10)
+        time.sleep(0.5)
+        before = _served_by(gateway, first)
+        time.sleep(1.0)
+        assert _served_by(gateway, first) == before  # no new requests on the removed one
+        config.write_text("triton: {urls: [not a valid url]}\n")
+        gateway.process.send_signal(signal.SIGHUP)
+        assert wait_for(lambda: "reload refused" in gateway.log(), timeout=10)
+        served = _served_by(gateway, second)
+        assert wait_for(lambda: _served_by(gateway, second) > served, timeout=10)
+    finally:
+        done.set()
+        for worker in workers:
+            worker.join(timeout=60)
+        stop_gateway(gateway)
+    assert failures == []
+
+
+def test_affinity_keeps_each_conversation_on_one_replica(
+    both_up: list[TritonProcess], model_id: str, tmp_path: Path
+) -> None:
+    gateway = start_gateway(
+        tmp_path,
+        triton_urls=[r.grpc_url for r in both_up],
+        config={"cache": {"enabled": False}, "triton": {"affinity": True}},
+    )
+    try:
+        homes: dict[str, set[str]] = {}
+        with httpx.Client(headers=gateway.headers, timeout=30) as http:
+            for turn in range(3):
+                for conversation in range(6):
+                    session = f"conversation-{conversation}"
+                    before = {r.grpc_url: _served_by(gateway, r) for r in both_up}
+                    reply = http.post(
+                        f"{gateway.base_url}/chat/completions",
+                        headers={"x-session-id": session},
+                        json={"model": model_id, "max_tokens": 2,
+                              "messages": [{"role": "user", "content": f"turn {turn}"}]},
+                    )  # fmt: skip
+                    assert reply.status_code == 200
+                    grew = [url for url, n in before.items() if _served_by_url(gateway, url) > n]
+                    homes.setdefault(session, set()).update(grew)
+        assert all(len(replicas) == 1 for replicas in homes.values()), homes
+        assert len({next(iter(h)) for h in homes.values()}) == 2  # both replicas have some
+    finally:
+        stop_gateway(gateway)
+
+
+def _served_by_url(gateway: GatewayProcess, url: str) -> float:
+    return metric_value(f"{gateway.url}/metrics", OK, upstream=url, outcome="ok")
+
+
+def test_a_storm_of_clients_hanging_up_leaves_the_engine_idle_and_serving(
+    balanced: GatewayProcess, both_up: list[TritonProcess], model_id: str
+) -> None:
+    body = {
+        "model": model_id, "prompt": "Once upon a time", "max_tokens": 400, "stream": True,
+        "ignore_eos": True,
+    }  # fmt: skip
+
+    async def hang_up_early(http: httpx.AsyncClient) -> None:
+        async with http.stream("POST", f"{balanced.base_url}/completions", json=body) as reply:
+            seen = 0
+            async for line in reply.aiter_lines():
+                seen += line.startswith("data: ")
+                if seen == 2:
+                    return
+
+    async def storm() -> None:
+        limits = httpx.Limits(max_connections=300)
+        async with httpx.AsyncClient(headers=balanced.headers, timeout=60, limits=limits) as http:
+            await asyncio.gather(*(hang_up_early(http) for _ in range(200)))
+
+    asyncio.run(storm())
+
+    def idle() -> bool:
+        return all(
+            metric_value(r.metrics_url, "nv_trt_llm_request_metrics", request_type="active") == 0
+            and metric_value(r.metrics_url, "nv_trt_llm_request_metrics", request_type="waiting")
+            == 0
+            for r in both_up
+        )
+
+    assert wait_for(idle, timeout=20), "the engines kept generating for clients that left"
+    assert wait_for(
+        lambda: (
+            metric_value(f"{balanced.url}/metrics", "localmoe_upstream_requests_in_flight") == 0
+        ),
+        timeout=10,
+    )
+    results = asyncio.run(_burst(balanced, model_id, 2, 4))
+    assert all(r.usage.completion_tokens == 4 for r in results)
