@@ -73,3 +73,83 @@ def test_sigterm_lets_an_open_stream_finish_and_refuses_new_connections(
         assert gateway.process.wait(timeout=30) == 0
     finally:
         stop_gateway(gateway)
+
+
+def _open_stream(gateway: Any, model_id: str, max_tokens: int) -> Any:
+    body = {
+        "model": model_id,
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": max_tokens,
+        "stream": True,
+        "ignore_eos": True,
+        "cache": False,
+    }
+    return httpx.stream(
+        "POST", f"{gateway.base_url}/chat/completions", json=body, headers=gateway.headers,
+        timeout=60,
+    )  # fmt: skip
+
+
+def test_sigterm_during_8_streams_finishes_all_8(triton: Any, model_id: str, tmp_path: Any) -> None:
+    import threading
+
+    gateway = start_gateway(
+        tmp_path, triton_urls=[triton.grpc_url], env={"LOCALMOE_DRAIN_TIMEOUT_S": "60"}
+    )
+    endings: list[str] = []
+    started = threading.Barrier(9)
+
+    def read_one() -> None:
+        with _open_stream(gateway, model_id, 300) as response:
+            lines = response.iter_lines()
+            next(line for line in lines if line.startswith("data: "))
+            started.wait()
+            last = ""
+            for line in lines:
+                if line.startswith("data: "):
+                    last = line
+            endings.append(last)
+
+    readers = [threading.Thread(target=read_one) for _ in range(8)]
+    try:
+        for reader in readers:
+            reader.start()
+        started.wait(timeout=60)
+        gateway.process.send_signal(signal.SIGTERM)
+        for reader in readers:
+            reader.join(timeout=60)
+        assert endings == ["data: [DONE]"] * 8
+        assert gateway.process.wait(timeout=30) == 0
+    finally:
+        stop_gateway(gateway)
+
+
+def test_a_stream_outliving_the_drain_ends_with_an_error_event_not_a_cut(
+    triton: Any, model_id: str, tmp_path: Any
+) -> None:
+    gateway = start_gateway(
+        tmp_path, triton_urls=[triton.grpc_url], env={"LOCALMOE_DRAIN_TIMEOUT_S": "2"}
+    )
+    try:
+        events: list[str] = []
+        with _open_stream(gateway, model_id, 1900) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line.removeprefix("data: "))
+                    if len(events) == 2:
+                        gateway.process.send_signal(signal.SIGTERM)
+                        assert _not_ready(gateway.url)  # from the signal on
+        assert events[-1] == "[DONE]"
+        error = json.loads(events[-2])["error"]
+        assert error["code"] == "server_shutting_down" and error["message"]
+        assert gateway.process.wait(timeout=30) == 0
+    finally:
+        stop_gateway(gateway)
+
+
+def _not_ready(url: str) -> bool:
+    """A readiness probe fails: refused (the listener is closed) or 503."""
+    try:
+        return httpx.get(f"{url}/health/ready", timeout=5).status_code == 503
+    except httpx.ConnectError:
+        return True
