@@ -206,3 +206,37 @@ def test_a_stopped_provider_is_an_openai_502_not_a_500(
         assert errors == 2
     finally:
         stop_gateway(gateway)
+
+
+def test_a_provider_failing_mid_stream_ends_the_stream_with_an_error_event(
+    triton: Any, tiny_model_dir: Path, model_id: str, tmp_path: Path
+) -> None:
+    # The provider stops each Triton request after 0.5 s: the stream fails after its first chunks.
+    provider = start_gateway(
+        tmp_path / "provider",
+        triton_urls=[triton.grpc_url],
+        config={"cache": {"enabled": False}, "triton": {"timeout_s": 0.5}},
+    )
+    gateway = None
+    try:
+        gateway = _start(tmp_path / "gateway", tiny_model_dir, model_id, api_base=provider.base_url)
+        with openai.OpenAI(base_url=gateway.base_url, api_key=gateway.token, max_retries=0) as c:
+            stream = c.chat.completions.create(
+                model=model_id,
+                messages=MESSAGES,  # type: ignore[arg-type]
+                max_tokens=1500,
+                stream=True,
+                extra_body={"ignore_eos": True},
+            )
+            received = []
+            with pytest.raises(openai.APIError) as caught:
+                for chunk in stream:
+                    received.append(chunk)
+        assert received, "the stream failed before its first chunk"
+        assert caught.value.code == "upstream_error"
+        assert "Traceback" not in caught.value.message
+        assert _count(gateway, model_id, "error") == 1
+    finally:
+        if gateway is not None:
+            stop_gateway(gateway)
+        stop_gateway(provider)
