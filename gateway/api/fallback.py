@@ -90,15 +90,19 @@ def provider_arguments(
 ) -> dict[str, Any]:
     """LiteLLM's keyword arguments for a client's validated request `body`.
 
-    OpenAI's parameters go as the client sent them (a default it left out stays out). Fields the
-    gateway ignores (unknown ones) and `cache` are dropped; the engine extras go in `extra_body`
-    to a self-hosted OpenAI-compatible server (`openai/` or `hosted_vllm/` with `api_base`) and
-    are dropped for any other provider."""
+    OpenAI's parameters go as the client sent them (a default it left out stays out), except
+    that a stream always asks for its usage. Fields the gateway ignores (unknown ones) and
+    `cache` are dropped; the engine extras go in `extra_body` to a self-hosted OpenAI-compatible
+    server (`openai/` or `hosted_vllm/` with `api_base`) and are dropped for any other
+    provider."""
     fields = _FIELDS[chat]
     arguments = {k: v for k, v in body.items() if k in fields}
     extras = {k: v for k, v in body.items() if k in ENGINE_EXTRAS and v is not None}
     if extras and _self_hosted(settings):
         arguments["extra_body"] = extras
+    if body.get("stream"):
+        # The usage is charged to the caller's budget whether or not the client asked for it.
+        arguments["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     arguments["model"] = settings.model
     if settings.api_base:
         arguments["api_base"] = settings.api_base
@@ -135,7 +139,8 @@ class Fallback:
         headers[HEADER] = "fallback"  # also on the fallback's own errors
         arguments = provider_arguments(parsed, chat=chat, settings=self.settings)
         if stream:
-            return await self._stream(request, model, arguments, chat=chat)
+            wants_usage = bool((parsed.get("stream_options") or {}).get("include_usage"))
+            return await self._stream(request, model, arguments, chat=chat, usage=wants_usage)
         try:
             if chat:
                 reply = await self._litellm.acompletion(**arguments)
@@ -156,7 +161,7 @@ class Fallback:
         await close_litellm_async_clients()
 
     async def _stream(
-        self, request: Request, model: str, arguments: dict[str, Any], *, chat: bool
+        self, request: Request, model: str, arguments: dict[str, Any], *, chat: bool, usage: bool
     ) -> Response:
         try:
             if chat:
@@ -171,7 +176,9 @@ class Fallback:
         except Exception as exc:
             REQUESTS.labels(model, "error").inc()
             raise self._error(exc) from None
-        rest = self._relay(request, model, chunks, iterator, first.get("usage"))
+        rest = self._relay(request, model, chunks, iterator, first.get("usage"), show_usage=usage)
+        if not usage:
+            first.pop("usage", None)
         return StreamingResponse(
             sse.events(orjson.dumps(first), rest), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS
         )
@@ -183,12 +190,18 @@ class Fallback:
         chunks: Any,
         iterator: AsyncIterator[Any],
         usage: dict[str, Any] | None,
+        *,
+        show_usage: bool,
     ) -> AsyncGenerator[bytes, None]:
         outcome = "error"
         try:
             async for chunk in iterator:
                 data = _openai_shape(chunk)
                 usage = data.get("usage") or usage
+                if not show_usage:
+                    data.pop("usage", None)
+                    if not data.get("choices"):
+                        continue  # the usage chunk the client did not ask for
                 yield orjson.dumps(data)
             outcome = "ok"
         except (GeneratorExit, asyncio.CancelledError):
@@ -208,14 +221,16 @@ class Fallback:
         """A provider failure as the gateway's error: the provider's refusal of the request
         passes through with its status and message, anything else is a 502 or a 504."""
         status = getattr(exc, "status_code", None)
-        message = _provider_message(exc)
+        message, code = _provider_message(exc)
         log.warning("fallback provider failed: %s: %s", type(exc).__name__, message)
         if isinstance(exc, self._litellm.Timeout):
             return UpstreamTimeout(
                 f"The fallback provider did not answer within {self.settings.timeout_s:g}s."
             )
         if status in (400, 413, 422):
-            error = InvalidRequest(f"The fallback provider refused the request: {message}")
+            error = InvalidRequest(
+                f"The fallback provider refused the request: {message}", code=code
+            )
             error.status = status
             return error
         if status == 429:
@@ -236,16 +251,28 @@ def _self_hosted(settings: FallbackSettings) -> bool:
     return bool(settings.api_base) and (settings.model or "").startswith(_SELF_HOSTED_PREFIXES)
 
 
-def _provider_message(exc: Exception) -> str:
+def _provider_message(exc: Exception) -> tuple[str, str | None]:
+    """The provider's error message and code."""
     # LiteLLM prefixes its class and the provider (`litellm.BadRequestError: OpenAIException -`);
     # an OpenAI-shaped body's own message is what the client needs.
     body = getattr(exc, "body", None)
+    if not isinstance(body, dict):
+        body = _json_body(getattr(exc, "response", None))
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-            return inner["message"]
+            code = inner.get("code")
+            return inner["message"], code if isinstance(code, str) else None
     text = str(getattr(exc, "message", None) or exc)
-    return text.rsplit(" - ", 1)[-1].strip() if text.startswith("litellm.") else text
+    return (text.rsplit(" - ", 1)[-1].strip() if text.startswith("litellm.") else text), None
+
+
+def _json_body(response: Any) -> Any:
+    # The provider's HTTP response, which LiteLLM keeps on the exceptions it maps.
+    try:
+        return orjson.loads(response.content)
+    except Exception:  # none, not JSON, or a stream whose body was never read (httpx raises)
+        return None
 
 
 def _openai_shape(reply: Any) -> dict[str, Any]:

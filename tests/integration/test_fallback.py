@@ -139,15 +139,26 @@ def test_the_providers_usage_is_charged_to_the_callers_token_budget(
     token = mint_test_token("fallback-budget", tpm=100_000)
     with openai.OpenAI(base_url=fallback_gateway.base_url, api_key=token, max_retries=0) as sdk:
         first = sdk.chat.completions.create(model=model_id, messages=MESSAGES, max_tokens=8)  # type: ignore[arg-type]
+        # A stream that did not ask for its usage: charged all the same, shown none.
+        chunks = list(
+            sdk.chat.completions.create(
+                model=model_id,
+                messages=MESSAGES,  # type: ignore[arg-type]
+                max_tokens=8,
+                stream=True,
+            )
+        )
         raw = sdk.chat.completions.with_raw_response.create(
             model=model_id,
             messages=MESSAGES,  # type: ignore[arg-type]
             max_tokens=8,
         )
     assert first.usage is not None
-    # The second request's budget is read after the first one's tokens were charged.
+    assert all(c.choices and c.usage is None for c in chunks)
+    # The third request's budget is read after the first two were charged, the stream's at least
+    # its 8 completion tokens.
     remaining = int(raw.headers["x-ratelimit-remaining-tokens"])
-    assert remaining <= 100_000 - first.usage.total_tokens
+    assert remaining <= 100_000 - first.usage.total_tokens - 8
 
 
 def test_a_model_outside_fallback_models_gets_the_503(fallback_gateway: GatewayProcess) -> None:
@@ -175,6 +186,7 @@ def test_the_providers_refusal_passes_through_as_its_4xx(
         )
     assert caught.value.response.headers["x-localmoe-upstream"] == "fallback"
     body: Any = caught.value.body
+    assert body["code"] == "context_length_exceeded"
     assert "context" in body["message"] and "Traceback" not in body["message"]
     assert _count(fallback_gateway, model_id, "error") == before + 1
 

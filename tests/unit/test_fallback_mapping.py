@@ -81,6 +81,15 @@ def test_engine_extras_are_dropped_for_a_hosted_provider(settings: FallbackSetti
     assert "api_base" not in arguments or settings.api_base
 
 
+def test_a_stream_always_asks_for_its_usage() -> None:
+    body = {"model": "m", "prompt": "Once", "stream": True}
+    arguments = provider_arguments(body, chat=False, settings=SELF_HOSTED)
+    assert arguments["stream_options"] == {"include_usage": True}
+    assert "stream_options" not in provider_arguments(
+        {"model": "m", "prompt": "Once"}, chat=False, settings=SELF_HOSTED
+    )
+
+
 def test_a_completion_keeps_its_prompt_and_completion_parameters() -> None:
     body: dict[str, Any] = {"model": "m", "prompt": "Once", "echo": True, "max_tokens": 3}
     arguments = provider_arguments(body, chat=False, settings=SELF_HOSTED)
