@@ -155,10 +155,10 @@ class Fallback:
         return Response(orjson.dumps(answer), media_type="application/json")
 
     async def aclose(self) -> None:
-        """Close LiteLLM's pooled HTTP clients."""
-        from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_clients
-
-        await close_litellm_async_clients()
+        """Close LiteLLM's pooled HTTP clients (where this LiteLLM version can)."""
+        close = getattr(self._litellm, "close_litellm_async_clients", None)
+        if close is not None:
+            await close()
 
     async def _stream(
         self, request: Request, model: str, arguments: dict[str, Any], *, chat: bool, usage: bool
