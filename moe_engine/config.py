@@ -23,6 +23,8 @@ class EngineConfig:
     max_seq_len: int | None = None  # default: the model's max positions, capped at 2048
     dtype: str = "float32"
     num_threads: int | None = None  # None: leave torch's process-wide setting alone
+    step_delay_s: float = 0.0
+    """Benchmarks only: a pause after every iteration, for a replica made slow on purpose."""
 
 
 @dataclass(frozen=True)

@@ -285,6 +285,8 @@ class Engine:
                     cancel_ids, self._cancel_ids = self._cancel_ids, set()
                 try:
                     self._step(cancel_ids)
+                    if self.config.step_delay_s:
+                        time.sleep(self.config.step_delay_s)
                 except Exception:
                     logger.exception("engine step failed; finishing running requests as errors")
                     for request in self._running:

@@ -201,16 +201,20 @@ def _gateway(t: Thresholds) -> list[Alert]:
         ),
         Alert(
             name="LocalMoEUpstreamDown",
-            expr="max by (namespace, job, upstream) (localmoe_upstream_up) == 0\n",
+            expr=(
+                "max by (namespace, job, upstream) (localmoe_upstream_up) == 0\n"
+                "or\n"
+                'min by (namespace, job, upstream) (localmoe_upstream_circuit_state{state="open"})'
+                " == 1\n"
+            ),
             for_=t.upstream_down_for,
             severity="warning",
-            summary="Triton upstream {{ $labels.upstream }} is not ready.",
+            summary="Triton upstream {{ $labels.upstream }} is not ready or its circuit is open.",
             description=(
                 f"No replica of the gateway {gateway} has seen the Triton upstream "
                 "{{ $labels.upstream }} ready for "
-                f"{t.upstream_down_for}; the gateway sends its requests to the other "
-                "upstreams. (An open circuit breaker joins this alert when the gateway "
-                "exports its state.)"
+                f"{t.upstream_down_for}, or every gateway replica holds its circuit open (its "
+                "requests keep failing); the gateway sends its requests to the other upstreams."
             ),
         ),
         Alert(

@@ -34,6 +34,7 @@ PROFILES: dict[str, dict[str, str]] = {
         "postprocessing_instance_count": "1",
         "bls_instance_count": "1",
         "expert_metrics_max_series": "2048",
+        "bench_step_delay_ms": "0",
     },
 }
 

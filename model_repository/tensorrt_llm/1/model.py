@@ -39,6 +39,7 @@ class TritonPythonModel:
                 max_seq_len=int(params["max_seq_len"]) if params.get("max_seq_len") else None,
                 dtype=params.get("dtype", "float32"),
                 num_threads=int(params["num_threads"]) if params.get("num_threads") else None,
+                step_delay_s=float(params.get("bench_step_delay_ms") or 0) / 1000,
             ),
         )
         self.requests = EngineRequests(
