@@ -190,7 +190,9 @@ async def _fall_back(
     fallback = request.app.state.fallback
     if fallback is None or not fallback.covers(model):
         raise error
-    return await fallback.respond(request, await request.body(), chat=chat, stream=stream)
+    answer = fallback.respond(request, await request.body(), chat=chat, stream=stream)
+    done, response = await _unless_disconnected(request.receive, answer)
+    return response if done else Response(status_code=CLIENT_CLOSED)
 
 
 def _service(request: Request) -> Service:
