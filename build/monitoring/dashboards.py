@@ -386,6 +386,55 @@ def _gateway_rows() -> tuple[Row, ...]:
             ),
         ),
     )
+    resilience = Row(
+        "Resilience: circuit breakers and admission",
+        (
+            Panel(
+                "Upstream circuit state",
+                "Each upstream's circuit breaker: closed (serving), open (failing, skipped) or "
+                "half_open (one trial request let through).",
+                (
+                    Target(
+                        sum_by(
+                            ["upstream", "state"],
+                            selector("localmoe_upstream_circuit_state", **_GW),
+                            op="max",
+                        )
+                        + " > 0",
+                        "{{upstream}}: {{state}}",
+                    ),
+                ),
+                kind="stat",
+                width=8,
+                text_mode="name",
+                series_colors=(
+                    (".*: closed", "green"),
+                    (".*: half_open", "orange"),
+                    (".*: open", "red"),
+                ),
+            ),
+            Panel(
+                "Admission queue",
+                "Generation requests waiting for a place in the gateway's bounded queue (left), "
+                "and those refused with 503 server_overloaded per second, by reason (right).",
+                (
+                    Target(
+                        sum_by([], selector("localmoe_admission_queue_length", **_GW)), "queued"
+                    ),
+                    Target(
+                        sum_by(
+                            ["reason"],
+                            rate(selector("localmoe_admission_rejections_total", **_GW)),
+                        ),
+                        "refused: {{reason}}",
+                    ),
+                ),
+                width=16,
+                right_axis=("refused: queue_full", "refused: queue_timeout"),
+                right_unit="reqps",
+            ),
+        ),
+    )
     requests_decisions = selector("localmoe_ratelimit_decisions_total", **_GW, kind="requests")
     refused = selector("localmoe_ratelimit_decisions_total", **_GW, decision="refused")
     joined = Row(
@@ -454,7 +503,7 @@ def _gateway_rows() -> tuple[Row, ...]:
             ),
         ),
     )
-    return (slo, traffic, latency, policy, upstreams, joined)
+    return (slo, traffic, latency, policy, upstreams, resilience, joined)
 
 
 def gateway() -> Dashboard:
@@ -464,7 +513,8 @@ def gateway() -> Dashboard:
         uid="localmoe-gateway",
         title="LocalMoE / Gateway",
         description="The OpenAI gateway: service levels, traffic, errors, generation latency, "
-        "policy (auth, rate limits, cache), upstream health, and admission against engine load.",
+        "policy (auth, rate limits, cache), upstream health, circuit breakers and the admission "
+        "queue, and rate-limit admission against engine load.",
         tags=("localmoe", "gateway"),
         variables=(
             DATASOURCE_VARIABLE,

@@ -112,6 +112,9 @@ class Panel:
     """Legends of the series drawn against a right-hand axis (with `right_unit`)."""
     right_unit: str = "short"
     transformations: tuple[dict[str, Any], ...] = ()
+    series_colors: tuple[tuple[str, str], ...] = ()
+    """(regex on the series name, colour): a stat that names a state colours it."""
+    text_mode: Literal["auto", "name", "value_and_name"] = "auto"
 
     def to_json(self, panel_id: int, x: int, y: int) -> dict[str, Any]:
         targets = [
@@ -162,6 +165,16 @@ class Panel:
             }
             for legend in self.right_axis
         ]
+        overrides += [
+            {
+                "matcher": {"id": "byRegexp", "options": pattern},
+                "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": colour}}],
+            }
+            for pattern, colour in self.series_colors
+        ]
+        options = _options(self.kind)
+        if self.kind == "stat":
+            options["textMode"] = self.text_mode
         panel: dict[str, Any] = {
             "id": panel_id,
             "type": self.kind,
@@ -171,7 +184,7 @@ class Panel:
             "gridPos": {"h": self.height, "w": self.width, "x": x, "y": y},
             "targets": targets,
             "fieldConfig": {"defaults": defaults, "overrides": overrides},
-            "options": _options(self.kind),
+            "options": options,
         }
         if self.transformations:
             panel["transformations"] = list(self.transformations)

@@ -461,14 +461,21 @@ def _lines(ax: Any, panel: Panel, found: list[TargetResult], start: float) -> No
 
 def _stat(ax: Any, panel: Panel, found: list[TargetResult]) -> None:
     scale, unit = _unit_scale(panel.unit)
-    last = [values[-1] for r in found for _, _, values in r.series if values]
-    value = last[-1] * scale
+    last = [(legend, values[-1]) for r in found for legend, _, values in r.series if values]
+    legend, value = last[-1]
     colour = "grey"
     for threshold in panel.thresholds:
-        if threshold.value is None or last[-1] >= threshold.value:
+        if threshold.value is None or value >= threshold.value:
             colour = threshold.color
-    ax.text(0.5, 0.5, f"{value:.{panel.decimals or 0}f}{unit if unit != 'short' else ''}",
-            ha="center", va="center", fontsize=22, color="white",
+    for pattern, fixed in panel.series_colors:
+        if re.fullmatch(pattern, legend):
+            colour = fixed
+            break
+    text = f"{value * scale:.{panel.decimals or 0}f}{unit if unit != 'short' else ''}"
+    if panel.text_mode == "name":
+        text = legend
+    ax.text(0.5, 0.5, text, ha="center", va="center", color="white",
+            fontsize=22 if len(text) < 12 else 11,
             bbox={"facecolor": colour, "boxstyle": "round", "alpha": 0.85})  # fmt: skip
     ax.set_xticks([])
     ax.set_yticks([])
@@ -651,6 +658,8 @@ def render_command(out: Path, load_seconds: float) -> int:
         run = run_dashboards(gateway_url, triton_metrics, model, mint, load_seconds, warmup=True)
     results = run.results
     print(f"load: {run.report.statuses}")
+    for error in run.report.errors[:5]:
+        print(f"no response: {error}", file=sys.stderr)
     note = (
         f"a real Prometheus over {load_seconds:g} s of `python -m monitoring render` load, "
         f"$__rate_interval = {RATE_INTERVAL_S} s"
