@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: help run test test-fast test-quick install tools lint model clean
+.PHONY: help run test test-fast test-quick install tools lint model dashboards dashboards-png clean
 
 run: install  ## start Triton (CPU) + the gateway on the embedded defaults
 	$(BIN)/localmoe up
@@ -34,6 +34,13 @@ tools: .tools/.installed  ## helm, kubectl, prometheus, promtool into .tools/bin
 .tools/.installed: build/tools/install.sh
 	build/tools/install.sh
 	touch $@
+
+dashboards: install  ## regenerate the Grafana dashboards and alert rules from build/monitoring
+	PYTHONPATH=build $(BIN)/python -m monitoring generate
+	PYTHONPATH=build $(BIN)/python -m monitoring.rules
+
+dashboards-png: install tools  ## docs/img/dashboard-*.png from a real Prometheus over the live stack (~1 min)
+	PYTHONPATH=build $(BIN)/python -m monitoring render
 
 model: install  ## build the tiny MoE checkpoint (localmoe up does this when missing)
 	$(BIN)/localmoe build tiny

@@ -131,7 +131,7 @@ class _Meter:
             raise RateLimited(decision.message, kind="tokens")
 
     def admits(self, prompt_tokens: int) -> bool:
-        decision = self._limiter.room_for(self._admission, prompt_tokens)
+        decision = self._limiter.admits_tokens(self._admission, prompt_tokens)
         if decision is None:
             return False
         self._headers.update(decision.headers())

@@ -228,6 +228,13 @@ class RateLimiter:
         )
         return LimitDecision(False, None, state, state.reset_seconds, message)
 
+    def admits_tokens(self, admitted: LimitDecision, tokens: int) -> LimitDecision | None:
+        """`room_for`, counted as a token decision when it admits (the metrics)."""
+        decision = self.room_for(admitted, tokens)
+        if decision is not None:
+            _TOKENS_ADMITTED.inc()
+        return decision
+
     def room_for(self, admitted: LimitDecision, tokens: int) -> LimitDecision | None:
         """The allowed decision of `fit_tokens` when `tokens` fit, else None, with no side
         effects (no refusal counted): for an upper bound of a prompt's tokens."""

@@ -193,10 +193,19 @@ def test_prompt_over_the_remaining_token_budget_is_429_tokens(
     # Room for the first request (prompt + 1 token), not for a second prompt.
     budget = prompt_tokens + 1 + prompt_tokens // 2
     token = _token(tpm=budget)
+
+    def decisions(gateway: GatewayProcess, decision: str) -> float:
+        url = f"{gateway.url}/metrics"
+        return metric_value(url, "localmoe_ratelimit_decisions_total", kind="tokens",
+                            decision=decision)  # fmt: skip
+
+    admitted, refusals = decisions(open_gw, "admitted"), decisions(closed_gw, "refused")
     first = _post(open_gw, token, _completion(model_id))
     assert first.status_code == 200
     refused = _post(closed_gw, token, _completion(model_id))  # the budget is shared
     assert refused.status_code == 429
+    assert decisions(open_gw, "admitted") == admitted + 1
+    assert decisions(closed_gw, "refused") == refusals + 1
     error = refused.json()["error"]
     assert (error["code"], error["type"]) == ("rate_limit_exceeded", "tokens")
     used = first.json()["usage"]["total_tokens"]  # prompt and completion, charged after it
