@@ -9,14 +9,14 @@ PYTEST := $(BIN)/python -m pytest
 run: install  ## start Triton (CPU) + the gateway on the embedded defaults
 	$(BIN)/localmoe up
 
-test: install tools  ## ruff, then every test: real Triton, gateway and Redis (what CI runs)
+test: install tools model  ## ruff, then every test: real Triton, gateway and Redis (what CI runs)
 	$(BIN)/ruff check .
 	$(PYTEST) -ra
 
 test-fast: install  ## the unit tier only: nothing started, about 15 s
 	$(PYTEST) -q tests/unit
 
-test-quick: install tools  ## everything not marked slow (no wheel build, benchmark or model training)
+test-quick: install tools model  ## everything not marked slow (no wheel build, benchmark or model training)
 	$(PYTEST) -q -ra -m "not slow"
 
 install: $(VENV)/.installed

@@ -88,6 +88,20 @@ async def _burst(gateway: GatewayProcess, model: str, count: int, max_tokens: in
         return await asyncio.gather(*(_completion(client, model, max_tokens) for _ in range(count)))
 
 
+def _settle(gateway: GatewayProcess, model: str) -> None:
+    """Wait until the gateway sees every replica ready with its circuit closed (a restarted
+    replica's circuit is half-open: a few short requests close it)."""
+
+    def settled() -> bool:
+        upstreams = httpx.get(f"{gateway.url}/health/ready", timeout=5).json().get("upstreams")
+        if upstreams and all(u["ready"] and u["circuit"] == "closed" for u in upstreams):
+            return True
+        asyncio.run(_burst(gateway, model, 2, 1))
+        return False
+
+    assert wait_for(settled, timeout=30, interval=0.2), "the replicas did not come back"
+
+
 def _served_by(gateway: GatewayProcess, replica: TritonProcess) -> float:
     return metric_value(f"{gateway.url}/metrics", OK, upstream=replica.grpc_url, outcome="ok")
 
@@ -96,6 +110,7 @@ def test_killing_a_replica_under_load_fails_no_request_and_ends_its_streams(
     balanced: GatewayProcess, both_up: list[TritonProcess], model_id: str
 ) -> None:
     victim = both_up[0]
+    _settle(balanced, model_id)
 
     async def stream_until_the_end(client: openai.AsyncOpenAI) -> tuple[str, float]:
         ended = "finished"
@@ -131,6 +146,7 @@ def test_killing_a_replica_under_load_fails_no_request_and_ends_its_streams(
 def test_every_replica_down_is_a_fast_503_and_service_returns_within_5_s(
     balanced: GatewayProcess, both_up: list[TritonProcess], model_id: str
 ) -> None:
+    _settle(balanced, model_id)
     for replica in both_up:
         replica.kill()
     ready = f"{balanced.url}/health/ready"
@@ -159,6 +175,7 @@ def test_a_restarted_replica_is_used_again_within_5_s(
     balanced: GatewayProcess, both_up: list[TritonProcess], model_id: str
 ) -> None:
     victim = both_up[1]
+    _settle(balanced, model_id)
     victim.kill()
     asyncio.run(_burst(balanced, model_id, 4, 2))  # notices it is gone
     time.sleep(3)  # an outage long enough for gRPC's reconnect backoff to have grown
