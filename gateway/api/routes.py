@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Awaitable
 from contextlib import aclosing
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
@@ -78,39 +78,36 @@ async def retrieve_model(model_id: str, request: Request) -> Response:
 
 async def create_chat_completion(request: Request) -> Response:
     """OpenAI chat completions, streamed or not."""
-    principal = authenticate(request)
-    await admit(request, principal)
-    request.app.state.drain.refuse()
-    body = await _parse(request, ChatCompletionRequest)
-    service, ctx = _service(request), call_context(request)
-    try:
-        await _take_place(request, principal)
-        if body.stream:
-            return await _stream(request, _held(request, service.chat_stream(body, ctx)))
-        return await _held_while(request, _respond(request, service.chat(body, ctx)))
-    except (UpstreamUnavailable, ServerOverloaded) as exc:
-        return await _fall_back(request, exc, body.model, chat=True, stream=bool(body.stream))
+    return await _generate(request, ChatCompletionRequest, chat=True)
 
 
 async def create_completion(request: Request) -> Response:
     """OpenAI (legacy) text completions, streamed or not."""
+    return await _generate(request, CompletionRequest, chat=False)
+
+
+async def _generate(
+    request: Request, shape: type[ChatCompletionRequest | CompletionRequest], *, chat: bool
+) -> Response:
     principal = authenticate(request)
     await admit(request, principal)
     request.app.state.drain.refuse()
-    body = await _parse(request, CompletionRequest)
+    body: Any = await _parse(request, shape)
     service, ctx = _service(request), call_context(request)
+    streamed, whole = (
+        (service.chat_stream, service.chat)
+        if chat
+        else (service.completion_stream, service.completion)
+    )
     try:
         await _take_place(request, principal)
         if body.stream:
-            return await _stream(request, _held(request, service.completion_stream(body, ctx)))
-        return await _held_while(request, _respond(request, service.completion(body, ctx)))
+            return await _stream(request, _held(request, streamed(body, ctx)))
+        return await _held_while(request, _respond(request, whole(body, ctx)))
     except (UpstreamUnavailable, ServerOverloaded) as exc:
-        return await _fall_back(request, exc, body.model, chat=False, stream=bool(body.stream))
+        return await _fall_back(request, exc, body.model, chat=chat, stream=bool(body.stream))
 
 
-# Plain Starlette routes, in the same router and behind the same middleware and exception
-# handlers as every route: FastAPI's per-route request handling (dependency solving, its exit
-# stack) is work these two do not use, and they are the hot path (docs/performance.md).
 class _Route(Route):
     """A Starlette route that names itself in the scope, as FastAPI's do (`scope["route"]`):
     the metrics and the access log label requests by it."""

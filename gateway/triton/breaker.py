@@ -21,6 +21,31 @@ from enum import Enum
 _BUCKETS = 10
 
 
+class _Window:
+    """Two counts over the last `window_s`, kept in a few buckets that age out."""
+
+    def __init__(self, window_s: float, now: Callable[[], float]) -> None:
+        self._bucket_s = window_s / _BUCKETS
+        self._buckets: deque[list[float]] = deque()  # [start, first count, second count]
+        self._now = now
+
+    def current(self) -> list[float]:
+        """The newest bucket, after dropping those older than the window."""
+        now = self._now()
+        buckets = self._buckets
+        while buckets and now - buckets[0][0] >= self._bucket_s * _BUCKETS:
+            buckets.popleft()
+        if not buckets or now - buckets[-1][0] >= self._bucket_s:
+            buckets.append([now, 0.0, 0.0])
+        return buckets[-1]
+
+    def totals(self) -> tuple[float, float]:
+        return sum(b[1] for b in self._buckets), sum(b[2] for b in self._buckets)
+
+    def clear(self) -> None:
+        self._buckets.clear()
+
+
 class State(Enum):
     CLOSED = "closed"
     OPEN = "open"
@@ -50,8 +75,7 @@ class Breaker:
         self.state = State.CLOSED
         self.opened_times = 0
         """How often the circuit opened since it last closed (the backoff exponent)."""
-        self._bucket_s = window_s / _BUCKETS
-        self._buckets: deque[list[float]] = deque()  # [start, requests, failures]
+        self._window = _Window(window_s, now)  # requests, failures
         self._consecutive = 0
         self._open_until = 0.0
         self._trial = False
@@ -135,19 +159,13 @@ class Breaker:
         self._open_until = self._now() + duration
         self._trial = False
         self._consecutive = 0
-        self._buckets.clear()
+        self._window.clear()
 
     def _count(self, *, failed: bool) -> tuple[float, float]:
-        now = self._now()
-        buckets = self._buckets
-        while buckets and now - buckets[0][0] >= self._bucket_s * _BUCKETS:
-            buckets.popleft()
-        if not buckets or now - buckets[-1][0] >= self._bucket_s:
-            buckets.append([now, 0.0, 0.0])
-        bucket = buckets[-1]
+        bucket = self._window.current()
         bucket[1] += 1
         bucket[2] += failed
-        return sum(b[1] for b in buckets), sum(b[2] for b in buckets)
+        return self._window.totals()
 
 
 class RetryBudget:
@@ -165,28 +183,16 @@ class RetryBudget:
     ) -> None:
         self.ratio = ratio
         self.minimum = minimum
-        self._bucket_s = window_s / _BUCKETS
-        self._buckets: deque[list[float]] = deque()  # [start, requests, retries]
-        self._now = now
+        self._window = _Window(window_s, now)  # requests, retries
 
     def request(self) -> None:
-        self._current()[1] += 1
+        self._window.current()[1] += 1
 
     def allows_retry(self) -> bool:
         """Takes one retry from the budget when there is one."""
-        bucket = self._current()
-        requests = sum(b[1] for b in self._buckets)
-        retries = sum(b[2] for b in self._buckets)
+        bucket = self._window.current()
+        requests, retries = self._window.totals()
         if retries >= max(self.minimum, self.ratio * requests):
             return False
         bucket[2] += 1
         return True
-
-    def _current(self) -> list[float]:
-        now = self._now()
-        buckets = self._buckets
-        while buckets and now - buckets[0][0] >= self._bucket_s * _BUCKETS:
-            buckets.popleft()
-        if not buckets or now - buckets[-1][0] >= self._bucket_s:
-            buckets.append([now, 0.0, 0.0])
-        return buckets[-1]
