@@ -3,10 +3,13 @@
 - `round_robin`: in turn.
 - `least_outstanding`: the fewest requests in flight from this gateway (ties in turn) — Envoy's
   least-request with a full scan, which a handful of replicas makes cheap.
-- `engine_aware`: the lowest engine load, scored as the Gateway API Inference Extension's picker
-  does from what each Triton's metrics port says (waiting queue over batch size, KV-cache use,
-  running requests over batch size), plus this gateway's own requests sent since that reading.
-  An upstream whose metrics could not be read scores by its in-flight count alone.
+- `engine_aware`: the shortest expected time per token, from what each Triton's metrics port
+  says: the engine's measured time per iteration (each running request gets a token per
+  iteration), stretched by its waiting queue over its batch size and by KV-cache use — the
+  queue and KV scorers of the Gateway API Inference Extension's picker, weighted by how fast the
+  replica actually is, so a slow replica with a short queue does not look idle. This gateway's
+  requests sent since the reading count as queued. An upstream whose metrics could not be read
+  scores by its in-flight count alone.
 
 With affinity, a request that carries a key (session, user or prompt prefix) goes to the key's
 upstream on a consistent-hash ring, unless that one holds more than `load_factor` × the mean
@@ -40,11 +43,18 @@ class EngineLoad:
     kv_fraction: float = 0.0
     in_flight_then: int = 0
     """This gateway's in-flight count on the upstream when the reading was taken."""
+    iterations: float = 0.0
+    """The engine's iteration counter (`nv_trt_llm_general_metrics{iteration_counter}`)."""
+    step_s: float | None = None
+    """Seconds per engine iteration while it had work, averaged over readings; None until
+    measured."""
 
-    def score(self, in_flight_now: int) -> float:
+    def score(self, in_flight_now: int, step_s: float) -> float:
+        """Expected seconds per token for a request sent now."""
         batch = max(self.max_batch, 1.0)
         sent_since = max(0, in_flight_now - self.in_flight_then)
-        return (self.waiting + sent_since) / batch + self.kv_fraction + self.active / batch
+        queued = self.waiting + max(0.0, self.active + sent_since - batch)
+        return step_s * (1 + queued / batch) * (1 + self.kv_fraction)
 
 
 class Candidate(Protocol):
@@ -74,8 +84,10 @@ class Balancer:
         self._turn += 1
         if self.strategy == "round_robin":
             return eligible[self._turn % len(eligible)]
-        score = _in_flight if self.strategy == "least_outstanding" else _engine_score
-        scores = [score(u) for u in eligible]
+        if self.strategy == "least_outstanding":
+            scores = [float(u.in_flight) for u in eligible]
+        else:
+            scores = _engine_scores(eligible)
         best = min(scores)
         tied = [u for u, s in zip(eligible, scores, strict=True) if s == best]
         return tied[self._turn % len(tied)]  # ties go in turn
@@ -103,14 +115,16 @@ class Balancer:
         return min(eligible, key=lambda u: u.in_flight)
 
 
-def _in_flight(upstream: Candidate) -> float:
-    return upstream.in_flight
-
-
-def _engine_score(upstream: Candidate) -> float:
-    if upstream.engine is None:
-        return float(upstream.in_flight)
-    return upstream.engine.score(upstream.in_flight)
+def _engine_scores(eligible: Sequence[Candidate]) -> list[float]:
+    # A replica not measured yet (idle since it started) is taken to be as fast as the fastest.
+    steps = [u.engine.step_s for u in eligible if u.engine is not None and u.engine.step_s]
+    fastest = min(steps, default=1.0)
+    if any(u.engine is None for u in eligible):  # no readings at all: fewest in flight
+        return [float(u.in_flight) for u in eligible]
+    return [
+        u.engine.score(u.in_flight, u.engine.step_s or fastest)  # type: ignore[union-attr]
+        for u in eligible
+    ]
 
 
 def _hash(text: str) -> int:

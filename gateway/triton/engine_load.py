@@ -10,6 +10,7 @@ no async HTTP client of its own, and two requests a second per upstream do not n
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import urllib.request
 from collections.abc import Mapping
@@ -17,10 +18,13 @@ from collections.abc import Mapping
 from gateway.triton.balancer import EngineLoad
 
 _SAMPLE = re.compile(
-    r"^(nv_trt_llm_request_metrics|nv_trt_llm_kv_cache_block_metrics)\{([^}]*)\}\s+(\S+)",
+    r"^(nv_trt_llm_request_metrics|nv_trt_llm_kv_cache_block_metrics|nv_trt_llm_general_metrics)"
+    r"\{([^}]*)\}\s+(\S+)",
     re.MULTILINE,
 )
-_TYPE = re.compile(r'(?:request_type|kv_cache_block_type)="([a-z_]+)"')
+_TYPE = re.compile(r'(?:request_type|kv_cache_block_type|general_type)="([a-z_]+)"')
+# The weight of a new reading in the averaged time per iteration.
+_SMOOTHING = 0.3
 _TIMEOUT_S = 1.0
 _MAX_BYTES = 4 << 20
 
@@ -35,7 +39,7 @@ def metrics_url(url: str, port: int, overrides: Mapping[str, str]) -> str:
 
 def parse(text: str, in_flight: int) -> EngineLoad:
     """The engine gauges in a Prometheus text exposition."""
-    active = waiting = max_batch = kv = 0.0
+    active = waiting = max_batch = kv = iterations = 0.0
     for family, labels, value in _SAMPLE.findall(text):
         kind = _TYPE.search(labels)
         if kind is None:
@@ -49,9 +53,26 @@ def parse(text: str, in_flight: int) -> EngineLoad:
                 waiting += number
             elif name == "max":
                 max_batch += number
+        elif family == "nv_trt_llm_general_metrics":
+            if name == "iteration_counter":
+                iterations += number
         elif name == "fraction":
             kv = max(kv, number)
-    return EngineLoad(active, waiting, max_batch, kv, in_flight)
+    return EngineLoad(active, waiting, max_batch, kv, in_flight, iterations)
+
+
+def with_step_time(
+    new: EngineLoad, previous: EngineLoad | None, seconds_between: float
+) -> EngineLoad:
+    """`new` with the time per iteration measured since `previous` (while the engine had work),
+    averaged into the earlier measurement; kept as it was over idle stretches."""
+    step_s = previous.step_s if previous is not None else None
+    if previous is not None and seconds_between > 0 and (new.active or previous.active):
+        ran = new.iterations - previous.iterations
+        if ran > 0:
+            measured = seconds_between / ran
+            step_s = measured if step_s is None else step_s + _SMOOTHING * (measured - step_s)
+    return dataclasses.replace(new, step_s=step_s)
 
 
 async def read(url: str, in_flight: int) -> EngineLoad | None:

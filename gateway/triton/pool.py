@@ -395,13 +395,19 @@ class TritonPool:
             await self.refresh()
 
     async def _read_loads_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_at = loop.time()
         while True:
             upstreams = list(self.upstreams)
             loads = await asyncio.gather(
                 *(engine_load.read(u.metrics_url, u.in_flight) for u in upstreams)
             )
+            now = loop.time()
             for upstream, load in zip(upstreams, loads, strict=True):
+                if load is not None:
+                    load = engine_load.with_step_time(load, upstream.engine, now - last_at)
                 upstream.engine = load
+            last_at = now
             await asyncio.sleep(self.settings.engine_poll_s)
 
     async def _retire(self, upstream: Upstream) -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+import pytest
+
 from gateway.triton.balancer import Balancer, EngineLoad
-from gateway.triton.engine_load import metrics_url, parse
+from gateway.triton.engine_load import metrics_url, parse, with_step_time
 
 
 @dataclass(eq=False)
@@ -69,3 +71,32 @@ def test_engine_gauges_are_read_from_a_triton_exposition() -> None:
     assert load.in_flight_then == 4
     assert metrics_url("10.0.0.5:8001", 8002, {}) == "http://10.0.0.5:8002/metrics"
     assert metrics_url("a:1", 8002, {"a:1": "http://x/m"}) == "http://x/m"
+
+
+def test_engine_aware_avoids_a_replica_whose_iterations_are_slow() -> None:
+    # The slow replica runs one request and has an empty queue: by its gauges alone it looks
+    # the less loaded; its measured time per iteration gives it away.
+    fast = Up("fast", 7, EngineLoad(active=7, max_batch=8, in_flight_then=7, step_s=0.005))
+    slow = Up("slow", 1, EngineLoad(active=1, max_batch=8, in_flight_then=1, step_s=0.025))
+    assert Balancer("engine_aware").pick([fast, slow]).url == "fast"
+    fast.in_flight = 40  # until the fast one's queue makes its tokens slower still
+    fast.engine = EngineLoad(active=8, waiting=32, max_batch=8, in_flight_then=40, step_s=0.005)
+    assert Balancer("engine_aware").pick([fast, slow]).url == "slow"
+
+
+def test_a_replica_not_measured_yet_counts_as_fast_as_the_fastest() -> None:
+    # Idle since it started, so no time per iteration yet: it still gets its share.
+    known = Up("known", 0, EngineLoad(max_batch=8, step_s=0.01))
+    new = Up("new", 0, EngineLoad(max_batch=8))
+    balancer = Balancer("engine_aware")
+    assert Counter(balancer.pick([known, new]).url for _ in range(4)) == {"known": 2, "new": 2}
+
+
+def test_the_time_per_iteration_is_measured_while_the_engine_has_work() -> None:
+    first = EngineLoad(active=2, iterations=100)
+    second = with_step_time(EngineLoad(active=2, iterations=200), first, 1.0)
+    assert second.step_s == pytest.approx(0.01)
+    third = with_step_time(EngineLoad(active=2, iterations=250), second, 1.0)  # 20 ms now
+    assert second.step_s < third.step_s < 0.02  # averaged, moving towards it
+    idle = with_step_time(EngineLoad(active=0, iterations=250), EngineLoad(iterations=250), 1.0)
+    assert idle.step_s is None  # nothing ran: nothing learnt
