@@ -316,3 +316,26 @@ def test_a_storm_of_clients_hanging_up_leaves_the_engine_idle_and_serving(
     )
     results = asyncio.run(_burst(balanced, model_id, 2, 4))
     assert all(r.usage.completion_tokens == 4 for r in results)
+
+
+def test_engine_aware_balancing_reads_each_replica_and_serves(
+    both_up: list[TritonProcess], model_id: str, tmp_path: Path
+) -> None:
+    metrics = {r.grpc_url: r.metrics_url for r in both_up}
+    gateway = start_gateway(
+        tmp_path,
+        triton_urls=[r.grpc_url for r in both_up],
+        config={
+            "cache": {"enabled": False},
+            "triton": {"balancing": "engine_aware", "metrics_urls": metrics,
+                       "engine_poll_s": 0.1},
+        },
+    )  # fmt: skip
+    try:
+        for _ in range(3):  # readings while both engines have work
+            results = asyncio.run(_burst(gateway, model_id, 8, 24))
+            assert all(r.usage.completion_tokens == 24 for r in results)
+        served = [_served_by(gateway, r) for r in both_up]
+        assert sum(served) == 24 and min(served) > 0, served
+    finally:
+        stop_gateway(gateway)
