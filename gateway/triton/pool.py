@@ -21,24 +21,23 @@ import logging
 import math
 import random
 import sys
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import TypeVar
 
 import grpc
-from tritonclient.grpc import service_pb2
 from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
 from gateway.errors import (
     GatewayError,
     ServerOverloaded,
-    UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 from gateway.settings import TritonSettings
-from gateway.triton import engine_load, metrics
+from gateway.triton import attempts, engine_load, metrics
+from gateway.triton.attempts import Parse
 from gateway.triton.balancer import Balancer
 from gateway.triton.breaker import Breaker, RetryBudget, State
 from gateway.triton.membership import Membership, Resolver, Targets, resolve
@@ -48,21 +47,10 @@ from gateway.triton.upstream import Request, StopRequest, Upstream
 log = logging.getLogger("localmoe.triton")
 
 T = TypeVar("T")
-Parse = Callable[[service_pb2.ModelInferResponse], tuple[T, bool]]
 
 _PROBE_TIMEOUT_S = 1.0
 # An upstream whose address left DNS finishes what it carries for at most this long, then closes.
 _RETIRE_GRACE_S = 120.0
-# Triton's wording when the model is missing or still loading there: try another upstream.
-_NOT_SERVING = ("unknown model", "is not ready", "is not found", "not available")
-
-
-class _Lost(Exception):
-    """The attempt failed for the upstream's sake before the request had any response."""
-
-    def __init__(self, error: GatewayError) -> None:
-        super().__init__(error.message)
-        self.error = error
 
 
 class TritonPool:
@@ -190,6 +178,7 @@ class TritonPool:
     ) -> AsyncGenerator[T, None]:
         self._budget.request()
         shared = stop is not None and self.settings.streams > 0
+        timeout_s = self.settings.timeout_s
         client_id = request.id
         tried: set[Upstream] = set()
         retries = 0
@@ -201,9 +190,11 @@ class TritonPool:
             try:
                 if shared:
                     assert stop is not None
-                    items = self._on_shared_stream(upstream, request, parse, stop)
+                    items = attempts.on_shared_stream(upstream, request, parse, stop, timeout_s)
                 else:
-                    items = self._on_own_call(upstream, request, parse)
+                    items = attempts.on_own_call(
+                        upstream, request, parse, timeout_s, self._calls, lambda: self._aborted
+                    )
                 async with aclosing(items):
                     async for item, final in items:
                         if final:
@@ -211,7 +202,7 @@ class TritonPool:
                             upstream.breaker.success()
                         yield item
                 return
-            except _Lost as lost:
+            except attempts.Lost as lost:
                 upstream.breaker.failure()
                 # A request on an upstream that is gone (down, or its circuit open) moves to
                 # another; one that failed on an upstream still up retries within the budget.
@@ -230,96 +221,6 @@ class TritonPool:
                 attempt.finish(error)
                 if attempt.outcome is None and upstream.breaker.state is State.HALF_OPEN:
                     upstream.breaker.abandon()  # a cancelled trial says nothing either way
-
-    async def _on_shared_stream(
-        self, upstream: Upstream, request: Request, parse: Parse[T], stop: StopRequest
-    ) -> AsyncGenerator[tuple[T, bool], None]:
-        loop = asyncio.get_running_loop()
-        stream = upstream.shared_stream()
-        inbox = stream.open(request)
-        started = ended = False
-        # The deadline arrives in the inbox like a response: the request's task may be busy
-        # outside this generator (writing to its client), where a cancellation would land.
-        deadline = None
-        if self.settings.timeout_s is not None:
-            timed_out = UpstreamTimeout(f"Triton upstream {upstream.url} timed out.")
-            deadline = loop.call_later(self.settings.timeout_s, inbox.put, timed_out)
-        try:
-            try:
-                await stream.send(request)
-            except grpc.aio.AioRpcError as exc:
-                ended = True  # the call is gone, and with it the request
-                raise _transport_error(upstream, exc, started) from exc
-            except (UpstreamUnavailable, UpstreamError) as exc:
-                ended = True  # the stream broke before the request was on it
-                raise _Lost(_unavailable(upstream, "ended a stream")) from exc
-            while True:
-                try:
-                    response = await inbox.get()
-                except grpc.aio.AioRpcError as exc:
-                    ended = True
-                    raise _transport_error(upstream, exc, started) from exc
-                except UpstreamTimeout:
-                    raise
-                except (UpstreamUnavailable, UpstreamError) as exc:
-                    ended = True  # the stream broke under the request
-                    if started:
-                        raise
-                    raise _Lost(_unavailable(upstream, "stopped answering")) from exc
-                if response.error_message:
-                    ended = True  # Triton ended the request with the error
-                    raise _triton_error(request.model_name, response.error_message, started)
-                started = True
-                item, ended = parse(response.infer_response)
-                yield item, ended
-                if ended:
-                    return
-        finally:
-            if deadline is not None:
-                deadline.cancel()
-            stream.forget(request.id)
-            if not ended:
-                stream.stop_soon(stop(request.id))
-
-    async def _on_own_call(
-        self, upstream: Upstream, request: Request, parse: Parse[T]
-    ) -> AsyncGenerator[tuple[T, bool], None]:
-        call = upstream.stub.ModelStreamInfer(timeout=self.settings.timeout_s)
-        self._calls.add(call)
-        started = complete = False
-        try:
-            try:
-                await call.write(request)
-            except (asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
-                raise _Lost(_unavailable(upstream, "ended the call")) from exc
-            # Our side stays open until the final response: half-closing early would let
-            # some gRPC stacks end the call before a decoupled model has answered.
-            while True:
-                response = await call.read()
-                if response is grpc.aio.EOF:
-                    if started:
-                        raise UpstreamError(
-                            f"Triton closed the stream for '{request.model_name}' early."
-                        )
-                    raise _Lost(_unavailable(upstream, "closed the stream"))
-                if response.error_message:
-                    raise _triton_error(request.model_name, response.error_message, started)
-                started = True
-                item, complete = parse(response.infer_response)
-                yield item, complete
-                if complete:
-                    await call.done_writing()
-                    return
-        except grpc.aio.AioRpcError as exc:
-            raise _transport_error(upstream, exc, started) from exc
-        except asyncio.CancelledError:
-            if self._aborted is not None and call.cancelled():
-                raise self._aborted from None
-            raise
-        finally:
-            self._calls.discard(call)
-            if not complete:
-                call.cancel()
 
     def _choose(self, tried: set[Upstream], key: str | None) -> Upstream:
         if self._aborted is not None:
@@ -381,7 +282,7 @@ class TritonPool:
                 upstream.breaker.recovered()
             else:
                 # A stream to a server that stopped answering may never end on its own.
-                upstream.break_streams(_unavailable(upstream, "stopped answering"))
+                upstream.break_streams(attempts.unavailable(upstream, "stopped answering"))
         upstream.ready = bool(ready)
 
     async def _probe_forever(self) -> None:
@@ -420,30 +321,3 @@ class TritonPool:
         finally:
             metrics.forget(upstream.url)
             self._retiring.pop(upstream, None)
-
-
-def _unavailable(upstream: Upstream, what: str) -> UpstreamUnavailable:
-    return UpstreamUnavailable(f"Triton upstream {upstream.url} {what}.")
-
-
-def _triton_error(model: str, message: str, started: bool) -> GatewayError | _Lost:
-    if any(marker in message for marker in _NOT_SERVING):
-        error = UpstreamUnavailable(f"Model route '{model}' is not available on Triton: {message}")
-        return error if started else _Lost(error)
-    return UpstreamError(f"Triton failed the request: {message}")
-
-
-def _transport_error(upstream: Upstream, exc: grpc.aio.AioRpcError, started: bool) -> Exception:
-    """An RPC that ended: before any response the request moves to another upstream (it may
-    not have run at all, and it produced nothing); after, the client hears of it."""
-    code = exc.code()
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return UpstreamTimeout(f"Triton upstream {upstream.url} timed out.")
-    if code == grpc.StatusCode.UNAVAILABLE:
-        upstream.ready = False
-    log.warning("upstream %s ended a call: %s", upstream.url, code.name)
-    if not started:
-        return _Lost(_unavailable(upstream, f"failed ({code.name})"))
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return _unavailable(upstream, "went away")
-    return UpstreamError(f"Triton upstream {upstream.url} failed ({code.name}).")

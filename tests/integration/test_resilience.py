@@ -112,6 +112,8 @@ def test_killing_a_replica_under_load_fails_no_request_and_ends_its_streams(
     victim = both_up[0]
     _settle(balanced, model_id)
 
+    started = asyncio.Semaphore(0)
+
     async def stream_until_the_end(client: openai.AsyncOpenAI) -> tuple[str, float]:
         ended = "finished"
         try:
@@ -119,6 +121,10 @@ def test_killing_a_replica_under_load_fails_no_request_and_ends_its_streams(
                 model=model_id, messages=[{"role": "user", "content": "A long story, please."}],
                 max_tokens=1500, stream=True, extra_body={"ignore_eos": True},
             )  # fmt: skip
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    started.release()  # output reached the client: no retry may hide a cut now
+                    break
             async for _ in stream:
                 pass
         except openai.APIError:
@@ -128,6 +134,8 @@ def test_killing_a_replica_under_load_fails_no_request_and_ends_its_streams(
     async def scenario() -> tuple[list[Any], list[tuple[str, float]], float]:
         async with _client(balanced) as client:
             streams = [asyncio.create_task(stream_until_the_end(client)) for _ in range(4)]
+            for _ in streams:  # every stream has output before the replica dies
+                await asyncio.wait_for(started.acquire(), timeout=30)
             burst = asyncio.create_task(_burst(balanced, model_id, 16, 48))
             await asyncio.sleep(0.5)  # requests and streams are on both replicas now
             victim.kill()
