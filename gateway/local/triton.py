@@ -241,7 +241,8 @@ class TritonProcess:
         self._cleanup()
 
     def _cleanup(self) -> None:
-        if self._reader is not None:
+        # A signal can land between creating the log reader and starting it.
+        if self._reader is not None and self._reader.ident is not None:
             self._reader.join(timeout=2)
         if self._backend_tmp is not None:
             self._backend_tmp.cleanup()
