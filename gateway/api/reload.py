@@ -33,7 +33,7 @@ RELOADS = Counter(
     ["result"],
 )
 # What a running process applies; any other change waits for a restart.
-_LIVE = {"triton", "requests", "admission", "models", "discover_models", "reload_watch_s"}
+_LIVE = {"triton", "requests", "admission", "models", "discover_models"}
 
 
 class Reloader:

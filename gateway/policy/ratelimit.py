@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from cachetools import TTLCache
 from prometheus_client import Counter
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from gateway.errors import LimitsUnavailable
 from gateway.policy.auth import Principal
+from gateway.policy.memory_counters import ADD, ADMIT, TEST, MemoryCounters
 from gateway.policy.storage import redis_client
 from gateway.settings import RateLimitSettings
 
@@ -62,7 +62,6 @@ _REQUESTS_ADMITTED, _REQUESTS_DENIED, _TOKENS_ADMITTED, _TOKENS_DENIED = (
     for decision in ("admitted", "refused")
 )
 
-_TEST, _ADMIT, _ADD = 0, 1, 2
 
 # KEYS: counters; the first ARGV[4] of them are tested/charged against the limits ARGV[5..],
 # the others are only read (the other dimension, for the headers).
@@ -154,7 +153,7 @@ class RateLimiter:
         """Counters in this process, or in the Redis at `redis_url` (shared by every replica)."""
         self.settings = settings
         self._window_ms = max(1, round(settings.window_s * 1000))
-        self._memory = _MemoryCounters(settings.window_s)
+        self._memory = MemoryCounters(settings.window_s)
         self._redis: aioredis.Redis | None = None
         self._script: AsyncScript | None = None
         if redis_url:
@@ -170,7 +169,7 @@ class RateLimiter:
         if not keys:
             return _UNLIMITED
         token_keys, token_limits = self._scopes(principal, "t")
-        allowed, values = await self._apply(_ADMIT, 1, keys, limits, token_keys)
+        allowed, values = await self._apply(ADMIT, 1, keys, limits, token_keys)
         requests = _binding_state(limits, values, 0)
         tokens = _binding_state(token_limits, values, 2 * len(keys)) if token_keys else None
         if allowed:
@@ -187,7 +186,7 @@ class RateLimiter:
         if not keys:
             return _UNLIMITED
         cost = max(0, prompt_tokens)
-        allowed, values = await self._apply(_TEST, cost, keys, limits, ())
+        allowed, values = await self._apply(TEST, cost, keys, limits, ())
         tokens = _binding_state(limits, values, 0)
         if allowed:
             _TOKENS_ADMITTED.inc()
@@ -248,7 +247,7 @@ class RateLimiter:
         keys, limits = self._scopes(principal, "t")
         if not keys or n <= 0:
             return _UNLIMITED
-        _, values = await self._apply(_ADD, n, keys, limits, ())
+        _, values = await self._apply(ADD, n, keys, limits, ())
         return LimitDecision(True, None, _binding_state(limits, values, 0))
 
     async def aclose(self) -> None:
@@ -377,44 +376,3 @@ def _binding_state(limits: list[int], values: list[int], offset: int) -> LimitSt
         ):
             best_limit, best_remaining, best_ttl = limit, remaining, ttl
     return LimitState(best_limit, best_remaining, best_ttl / 1000)
-
-
-class _MemoryCounters:
-    """The same fixed windows in this process: default storage, and the fail-open fallback."""
-
-    def __init__(self, window_s: float) -> None:
-        self._window_s = window_s
-        # key -> [count, window end]; unbounded like Redis: evicting a live counter would give
-        # its caller a fresh window.
-        self._counters: TTLCache[str, list[float]] = TTLCache(math.inf, window_s)
-
-    def apply(
-        self, mode: int, cost: int, keys: list[str], limits: list[int]
-    ) -> tuple[bool, list[int]]:
-        # No await inside: on one event loop this is as atomic as the Lua script.
-        counters = self._counters
-        with counters.timer as now:  # one clock reading for our window ends and the cache's
-            current = [_lookup(counters, key) for key in keys]
-            allowed = mode == _ADD or all(
-                (entry[0] if entry is not None else 0) + cost <= limit
-                for entry, limit in zip(current, limits, strict=False)
-            )
-            charge = allowed and mode != _TEST
-            values: list[int] = []
-            for i, entry in enumerate(current):
-                if charge and i < len(limits):
-                    if entry is None:
-                        entry = counters[keys[i]] = [0, now + self._window_s]
-                    entry[0] += cost
-                if entry is None:
-                    values += (0, 0)
-                else:
-                    values += (int(entry[0]), math.ceil((entry[1] - now) * 1000))
-        return allowed, values
-
-
-def _lookup(counters: TTLCache[str, list[float]], key: str) -> list[float] | None:
-    try:  # half the cost of TTLCache.get, which looks the key up twice
-        return counters[key]
-    except KeyError:
-        return None
