@@ -14,6 +14,7 @@ import torch
 
 from .config import SUPPORTED_DTYPES, EngineConfig, ModelConfig, resolve_max_seq_len
 from .model import MoEModel
+from .prompts import checked_prompt
 from .sampler import Sampler, SamplingParams
 from .weights import load_weights
 
@@ -67,6 +68,7 @@ class _Request:
     prompt: list[int]
     params: SamplingParams
     on_output: Callable[[StepOutput], None]
+    table: torch.Tensor | None = None  # rows for the prompt's ids >= vocab_size
     output: list[int] = field(default_factory=list)
     slot: int = -1
     length: int = 0  # positions filled in the KV cache
@@ -177,26 +179,27 @@ class Engine:
         prompt_ids: Sequence[int],
         params: SamplingParams,
         on_output: Callable[[StepOutput], None],
+        prompt_table: torch.Tensor | None = None,
+        extra_ids: Sequence[int] | None = None,
     ) -> None:
         """Queue a request; raise ValueError (and queue nothing) if it cannot be served.
 
         `on_output` is called on the engine thread for each step's tokens and exactly once with
-        `finished=True`.
+        `finished=True`. Ids `vocab_size + i` take row `i` of `prompt_table` (see `prompts`).
         """
-        prompt = [int(t) for t in prompt_ids]
-        if not prompt:
-            raise ValueError("prompt must contain at least one token")
-        vocab = self.vocab_size
-        bad = [t for t in prompt if not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {vocab})")
-        params.validate(vocab)
+        c = self.model_config
+        checked = checked_prompt(
+            prompt_ids, vocab_size=c.vocab_size, hidden_size=c.hidden_size,
+            dtype=self.model.dtype, prompt_table=prompt_table, extra_ids=extra_ids,
+        )  # fmt: skip
+        prompt = checked.ids
+        params.validate(self.vocab_size)
         if len(prompt) + params.max_new_tokens > self.max_seq_len:
             raise ValueError(
                 f"prompt ({len(prompt)} tokens) + max_new_tokens ({params.max_new_tokens}) "
                 f"exceeds the engine's max_seq_len of {self.max_seq_len}"
             )
-        request = _Request(request_id, prompt, params, on_output)
+        request = _Request(request_id, prompt, params, on_output, checked.table)
         with self._cond:
             if self._stopping:
                 raise RuntimeError("engine is shut down")
@@ -333,7 +336,7 @@ class Engine:
         slot = len(self._running)
         try:
             prompt = torch.tensor(request.prompt, dtype=torch.long)
-            logits = self.model.prefill(prompt, self._cache, slot)
+            logits = self.model.prefill(prompt, self._cache, slot, prompt_table=request.table)
             self._sampler.assign(slot, request.params, prompt)
             self._suppress_end_ids([request], logits)
             tokens, logprobs = self._sampler.sample(logits, slot, slot + 1)
@@ -342,6 +345,7 @@ class Engine:
             self._finish(request, "error")
             return False
         request.slot, request.length = slot, len(request.prompt)
+        request.table = None  # in the KV cache now; decode sees generated (text) ids only
         self._running.append(request)
         self._prefill_tokens += len(request.prompt)
         self._accept(request, tokens[0], logprobs[0] if logprobs else None)

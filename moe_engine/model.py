@@ -41,11 +41,18 @@ class MoEModel:
 
     @torch.inference_mode()
     def prefill(
-        self, tokens: torch.Tensor, cache: KVCache, slot: int, all_logits: bool = False
+        self,
+        tokens: torch.Tensor,
+        cache: KVCache,
+        slot: int,
+        all_logits: bool = False,
+        prompt_table: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Process a whole prompt into `slot` (positions 0..len-1) and return float32 logits.
 
-        Returns `[1, vocab]` for the last position, or `[len, vocab]` with `all_logits`.
+        Returns `[1, vocab]` for the last position, or `[len, vocab]` with `all_logits`. Ids
+        `vocab + i` take row `i` of `prompt_table` (`[rows, hidden]`, the model's dtype) as
+        their embedding: image features, TensorRT-LLM's way; the caller checked the ids.
         """
         n = tokens.shape[0]
         cos, sin = self._cos[:n, None], self._sin[:n, None]
@@ -63,7 +70,7 @@ class MoEModel:
             )
             return out[0].transpose(0, 1)
 
-        x = self._forward(tokens, cos, sin, attend)
+        x = self._forward(self._embed(tokens, prompt_table), cos, sin, attend)
         return self._logits(x if all_logits else x[-1:])
 
     @torch.inference_mode()
@@ -101,12 +108,20 @@ class MoEModel:
             probs = scores.softmax(dim=-1, dtype=torch.float32).to(self.dtype)
             return torch.bmm(probs, values).view(n, -1, dim)
 
-        return self._logits(self._forward(tokens, cos, sin, attend))
+        return self._logits(self._forward(self._embed(tokens, None), cos, sin, attend))
+
+    def _embed(self, tokens: torch.Tensor, table: torch.Tensor | None) -> torch.Tensor:
+        if table is None:
+            return F.embedding(tokens, self.w.embed)
+        vocab = self.config.vocab_size
+        from_table = tokens >= vocab
+        x = F.embedding(tokens.masked_fill(from_table, 0), self.w.embed)
+        x[from_table] = table[tokens[from_table] - vocab].to(self.dtype)
+        return x
 
     def _forward(
-        self, tokens: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend
     ) -> torch.Tensor:
-        x = F.embedding(tokens, self.w.embed)
         for i, layer in enumerate(self.w.layers):
             h = self._rms_norm(x, layer.input_norm)
             x = x + self._attention(i, layer, h, cos, sin, attend)

@@ -110,7 +110,8 @@ class Sampler:
         if params.penalised:
             self.counts[slot].zero_()
             self.seen[slot].zero_()
-            self.seen[slot, prompt] = True
+            # Prompt-table ids (>= vocab, image features) are no token the sampler can pick.
+            self.seen[slot, prompt[prompt < self.vocab_size]] = True
         self._rows_cache.clear()
 
     def move(self, src: int, dst: int) -> None:
