@@ -20,12 +20,17 @@ ALLOWED: dict[str, set[str]] = {
     "gateway.logs": BASE,
     "gateway.policy": BASE | {"gateway.policy"},
     "gateway.triton": BASE | {"gateway.triton", "gateway.core.backend"},
-    "gateway.core": BASE | {"gateway.core", "gateway.policy"},
+    "gateway.core": BASE | {"gateway.core", "gateway.policy", "gateway.images"},
+    # Image guards, decoding and the SSRF-safe fetch: Pillow, httpx and the standard library only,
+    # so the Triton preprocessing model can use the same guards as the gateway.
+    "gateway.images": {"gateway.images"},
     "gateway.api": BASE | {"gateway.api", "gateway.core", "gateway.policy", "gateway.triton"},
     "gateway.local": BASE | {"gateway.local", "moe_build"},
     "gateway.server": BASE | {"gateway.api", "gateway.local", "gateway.logs", "gateway.policy"},
     "gateway.cli": BASE | {"gateway.local", "gateway.policy", "gateway.server", "moe_build"},
     "moe_engine": {"moe_engine"},
+    # The one exception: the same image guards as the gateway (a leaf module, Pillow only).
+    "moe_engine.python_backend": {"moe_engine", "gateway.images.decode"},
     # The engine knows nothing of Triton; the Python-backend logic builds on the engine.
     "moe_engine.engine": {
         "moe_engine.config",
