@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.local import paths
+from gateway.local.trtllm.families import PROFILES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,16 +37,61 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--steps", type=int, default=None, help="training steps (default: built-in)")
     tiny.add_argument("--force", action="store_true", help="rebuild even if present")
     tiny.set_defaults(func=_cmd_build_tiny)
-    repo = build_sub.add_parser("repository", help="fill the Triton model repository templates")
+    repo = build_sub.add_parser(
+        "repository",
+        help="fill the Triton model repository templates (CPU, TensorRT-LLM engine or LLM API)",
+        description="cpu: the CPU MoE engine in pytriton's tritonserver. trtllm-engine: "
+        "TensorRT-LLM 1.2.1 engines (convert_checkpoint + trtllm-build, run when tensorrt_llm "
+        "is importable, else printed) behind the C++ tensorrtllm backend. trtllm-llmapi: "
+        "NVIDIA's llmapi model (LLM API, PyTorch backend) with a model.yaml for the checkpoint.",
+    )
     repo.add_argument("--model-dir", type=Path, default=paths.default_model_dir())
-    repo.add_argument("--out", type=Path, default=paths.default_repository_dir())
-    repo.add_argument("--profile", choices=["cpu"], default="cpu")
+    repo.add_argument(
+        "--out", type=Path, default=None, help="default: $LOCALMOE_HOME/repository/<profile>"
+    )
+    repo.add_argument("--profile", choices=list(PROFILES), default="cpu")
     repo.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a template value (repeatable)",
+        help="override a template value (repeatable; cpu profile)",
+    )
+    gpu = repo.add_argument_group("GPU profiles (trtllm-engine, trtllm-llmapi)")
+    gpu.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel size")
+    gpu.add_argument("--pp", type=_positive_int, default=1, help="pipeline-parallel size")
+    gpu.add_argument(
+        "--ep",
+        type=_positive_int,
+        default=None,
+        help="MoE expert-parallel size (default tp/moe-tp)",
+    )
+    gpu.add_argument(
+        "--moe-tp", type=_positive_int, default=None, help="MoE tensor-parallel size (tp/ep)"
+    )
+    gpu.add_argument(
+        "--attention-dp", action="store_true", help="attention data parallelism (llmapi)"
+    )
+    gpu.add_argument(
+        "--gpus", type=_positive_int, default=None, help="GPUs the deployment has (checked)"
+    )
+    gpu.add_argument("--max-batch-size", type=_positive_int, default=64)
+    gpu.add_argument("--max-seq-len", type=_positive_int, default=None)
+    gpu.add_argument("--max-num-tokens", type=_positive_int, default=8192)
+    gpu.add_argument("--dtype", choices=["bfloat16", "float16"], default=None)
+    gpu.add_argument(
+        "--kv-cache-fraction", type=float, default=0.9, help="free GPU memory for the KV cache"
+    )
+    gpu.add_argument("--no-kv-cache-reuse", action="store_true", help="disable KV-cache reuse")
+    gpu.add_argument(
+        "--trtllm-src",
+        type=Path,
+        default=Path("TensorRT-LLM"),
+        help="a TensorRT-LLM checkout (v1.2.1 for the engine path): examples/, triton_backend/",
+    )
+    gpu.add_argument("--engine-dir", type=Path, default=None, help="where the engine goes")
+    gpu.add_argument(
+        "--dry-run", action="store_true", help="print what would be written and run; do nothing"
     )
     repo.set_defaults(func=_cmd_build_repository)
 
@@ -128,13 +174,59 @@ def _cmd_build_tiny(args: argparse.Namespace) -> int:
 
 
 def _cmd_build_repository(args: argparse.Namespace) -> int:
-    from gateway.local.repository import fill_repository
+    from gateway.local.repository import TemplateError, fill_repository
+    from gateway.local.trtllm.build import Request, build
+    from gateway.local.trtllm.engine import BuildError
 
-    overrides = dict(item.split("=", 1) for item in args.set)
-    out = fill_repository(
-        args.out, model_dir=args.model_dir, profile=args.profile, overrides=overrides
+    out = args.out or (
+        paths.default_repository_dir()
+        if args.profile == "cpu"
+        else paths.home() / "repository" / args.profile
     )
-    print(f"model repository written to {out}")
+    if args.profile == "cpu":
+        gpu_only = [f"--{n}" for n in ("tp", "pp") if getattr(args, n) != 1]
+        gpu_only += [f"--{n.replace('_', '-')}" for n in ("ep", "moe_tp") if getattr(args, n)]
+        if gpu_only or args.dry_run or args.attention_dp:
+            print(
+                f"error: {', '.join(gpu_only) or '--dry-run'}: GPU profiles only", file=sys.stderr
+            )
+            return 2
+        overrides = dict(item.split("=", 1) for item in args.set)
+        try:
+            out = fill_repository(out, model_dir=args.model_dir, profile="cpu", overrides=overrides)
+        except TemplateError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"model repository written to {out}")
+        return 0
+    if args.set:
+        print("error: --set applies to the cpu profile", file=sys.stderr)
+        return 2
+    request = Request(
+        profile=args.profile,
+        model_dir=args.model_dir,
+        out_dir=out,
+        tp=args.tp,
+        pp=args.pp,
+        ep=args.ep,
+        moe_tp=args.moe_tp,
+        attention_dp=args.attention_dp,
+        gpus=args.gpus,
+        max_batch_size=args.max_batch_size,
+        max_seq_len=args.max_seq_len,
+        max_num_tokens=args.max_num_tokens,
+        dtype=args.dtype,
+        kv_cache_fraction=args.kv_cache_fraction,
+        kv_cache_reuse=not args.no_kv_cache_reuse,
+        trtllm_src=args.trtllm_src,
+        engine_dir=args.engine_dir,
+        dry_run=args.dry_run,
+    )
+    try:
+        build(request, log=lambda line: print(line, flush=True))
+    except (ValueError, BuildError) as exc:  # UnsupportedModel, ParallelError, TemplateError
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
