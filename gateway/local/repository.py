@@ -17,6 +17,9 @@ from pathlib import Path
 from gateway.local import paths
 
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "tensorrt_llm_bls")
+# Written only for a vision checkpoint (one with `vision/config.json`).
+VISION_MODELS = ("multimodal_encoders", "ensemble_multimodal")
+ENCODER_MODEL = "multimodal_encoders"
 
 # Values per profile; `${model_dir}`-relative ones are resolved in `profile_values`.
 PROFILES: dict[str, dict[str, str]] = {
@@ -33,6 +36,11 @@ PROFILES: dict[str, dict[str, str]] = {
         "preprocessing_instance_count": "1",
         "postprocessing_instance_count": "1",
         "bls_instance_count": "1",
+        # Images: at most this many per request inside Triton (the gateway has its own limit);
+        # concurrent image requests wait up to the delay to be encoded in one call.
+        "max_num_images": "8",
+        "encoder_instance_count": "1",
+        "encoder_max_queue_delay_microseconds": "2000",
         "expert_metrics_max_series": "2048",
         "bench_step_delay_ms": "0",
     },
@@ -59,9 +67,20 @@ def profile_values(
         "tokenizer_dir": str(model_dir),
         "served_model_name": model_dir.name,
         "max_seq_len": str(_max_positions(model_dir)),
+        "multimodal_encoders_name": ENCODER_MODEL if is_vision_checkpoint(model_dir) else "",
     }
     values.update(overrides or {})
     return values
+
+
+def is_vision_checkpoint(model_dir: Path) -> bool:
+    """Whether the checkpoint has a vision tower (`moe_engine.vision`'s test, without torch)."""
+    return (model_dir / "vision" / "config.json").is_file()
+
+
+def models_for(model_dir: Path) -> tuple[str, ...]:
+    """The models a repository serving this checkpoint holds."""
+    return MODELS + (VISION_MODELS if is_vision_checkpoint(model_dir) else ())
 
 
 def fill_template(text: str, values: Mapping[str, str], *, source: str = "template") -> str:
@@ -90,7 +109,7 @@ def fill_repository(
     values = profile_values(profile, model_dir, overrides)
     staging = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    for model in MODELS:
+    for model in models_for(model_dir):
         src = templates / model
         config = src / "config.pbtxt"
         if not config.is_file():
@@ -124,7 +143,8 @@ def ensure_default_repository(
 
         print(f"building the tiny MoE model into {model_dir} (first run only)", flush=True)
         build_tiny_model(model_dir)
-    if _filled_with(out_dir, _marker("cpu", profile_values("cpu", model_dir), templates)):
+    marker = _marker("cpu", profile_values("cpu", model_dir), templates)
+    if _filled_with(out_dir, marker, models_for(model_dir)):
         # Refilling replaces the folder: don't pull it from under a Triton already serving it.
         return out_dir
     return fill_repository(out_dir, model_dir=model_dir, profile="cpu", templates=templates)
@@ -143,9 +163,9 @@ def _marker(profile: str, values: Mapping[str, str], templates: Path) -> dict[st
     return {"profile": profile, "values": dict(values), "templates": str(templates)}
 
 
-def _filled_with(out_dir: Path, marker: Mapping[str, object]) -> bool:
+def _filled_with(out_dir: Path, marker: Mapping[str, object], models: tuple[str, ...]) -> bool:
     path = out_dir / ".localmoe.json"
-    if not path.is_file() or not all((out_dir / m / "config.pbtxt").is_file() for m in MODELS):
+    if not path.is_file() or not all((out_dir / m / "config.pbtxt").is_file() for m in models):
         return False
     return json.loads(path.read_text()) == marker
 

@@ -21,6 +21,13 @@ from typing import Protocol
 
 import numpy as np
 
+from moe_engine.python_backend.bls_images import (
+    ImageModels,
+    StepFailed,
+    check_text_only,
+    has_images,
+    with_images,
+)
 from moe_engine.python_backend.bls_stream import Chunk, Client, TextState, relay
 from moe_engine.python_backend.inflight import Inflight
 from moe_engine.python_backend.responses import ResponseKit, Sender
@@ -143,9 +150,13 @@ class BlsRequests:
         max_in_flight: int = 1024,
         max_pending: int = 16,
         cancel_poll_interval_s: float = 0.02,
+        images: ImageModels | None = None,
+        image_token_id: int | None = None,
     ) -> None:
         self._tok = tok
         self._engine = engine
+        self._images = images  # None: a text-only model, image inputs refused
+        self._image_token = image_token_id
         self._kit = kit
         self._poll_s = cancel_poll_interval_s
         # No token is longer than the longest vocabulary entry, so a text longer than this
@@ -205,8 +216,15 @@ class BlsRequests:
         final = self._kit.final_flag
         try:
             call = parse_generation(inputs, self._tok, max_prompt_chars=self._max_prompt_chars)
+            if has_images(inputs):
+                call = await with_images(call, inputs, self._images)
+            else:
+                check_text_only(call, self._image_token)
         except ValueError as exc:  # InputError, and UnicodeDecodeError of a stop word
             client.send(self._kit.error(str(exc), "invalid"), final)
+            return
+        except StepFailed as exc:  # preprocessing or the encoder refused or failed
+            client.send(self._kit.error(exc.message, exc.kind), final)
             return
         state = TextState(
             self._tok.tokenizer,

@@ -12,12 +12,21 @@ import threading
 import uuid
 from collections.abc import Collection
 
+import torch
+
 from moe_engine.engine import Engine, StepOutput
 from moe_engine.python_backend.inflight import Inflight
 from moe_engine.python_backend.outbox import Outbox
 from moe_engine.python_backend.responder import Responder
 from moe_engine.python_backend.responses import ErrorKind, ResponseKit, Sender
-from moe_engine.python_backend.serving import InputError, Inputs, input_ids, sampling_kwargs, scalar
+from moe_engine.python_backend.serving import (
+    InputError,
+    Inputs,
+    input_ids,
+    prompt_table,
+    sampling_kwargs,
+    scalar,
+)
 from moe_engine.sampler import SamplingParams
 
 
@@ -67,6 +76,7 @@ class EngineRequests:
             return
         try:
             prompt = input_ids(inputs)
+            table, extra_ids = prompt_table(inputs)
             params = SamplingParams(**sampling_kwargs(inputs, self._default_end_ids))
             if (
                 int(scalar(inputs, "num_return_sequences", 1)) != 1
@@ -92,7 +102,14 @@ class EngineRequests:
                 responder(StepOutput(engine_id, [], logprobs, True, "cancelled"))
                 return
             try:
-                self.engine.submit(engine_id, prompt, params, on_output=responder)
+                self.engine.submit(
+                    engine_id,
+                    prompt,
+                    params,
+                    on_output=responder,
+                    prompt_table=None if table is None else torch.tensor(table),
+                    extra_ids=extra_ids,
+                )
             except Exception:
                 self._finished(client_id, engine_id)
                 raise

@@ -50,6 +50,31 @@ def input_ids(inputs: Inputs) -> list[int]:
     return ids
 
 
+def prompt_table(inputs: Inputs) -> tuple[np.ndarray | None, list[int] | None]:
+    """The request's `prompt_embedding_table` (`[rows, hidden]`; None when absent or empty, as
+    the multimodal ensemble sends for a text-only request) and its `prompt_table_extra_ids`.
+
+    `prompt_vocab_size`, when given, must be the table's row count: TensorRT-LLM reads that
+    many rows, so a table of another size means the request was put together wrong.
+    """
+    table = inputs.get("prompt_embedding_table")
+    vocab = scalar(inputs, "prompt_vocab_size")
+    rows = 0
+    if table is not None:
+        if table.ndim == 3 and table.shape[0] == 1:
+            table = table[0]  # the batch dimension
+        if table.ndim != 2:
+            raise InputError(
+                f"prompt_embedding_table must be [rows, hidden], got {list(table.shape)}"
+            )
+        rows = table.shape[0]
+    if vocab is not None and int(vocab) != rows:
+        raise InputError(f"prompt_vocab_size={vocab} but prompt_embedding_table has {rows} rows")
+    extra = inputs.get("prompt_table_extra_ids")
+    extra_ids = extra.reshape(-1).astype(np.uint64).tolist() if extra is not None else None
+    return (table if rows else None), extra_ids
+
+
 def sampling_kwargs(inputs: Inputs, default_end_ids: tuple[int, ...]) -> dict[str, Any]:
     """Keyword arguments for `moe_engine.SamplingParams` from TensorRT-LLM's input names."""
     max_new = scalar(inputs, "request_output_len")

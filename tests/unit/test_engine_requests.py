@@ -31,13 +31,23 @@ class ScriptedEngine:
         self.requests: dict[str, Any] = {}
         self.cancelled: list[str] = []
         self.refuse: Exception | None = None
+        self.tables: dict[str, Any] = {}  # request id -> (prompt_table, extra_ids) submitted
         self._lock = threading.Lock()
 
-    def submit(self, request_id: str, prompt: list[int], params: Any, on_output: Any) -> None:
+    def submit(
+        self,
+        request_id: str,
+        prompt: list[int],
+        params: Any,
+        on_output: Any,
+        prompt_table: torch.Tensor | None = None,
+        extra_ids: list[int] | None = None,
+    ) -> None:
         if self.refuse is not None:
             raise self.refuse
         with self._lock:
             self.requests[request_id] = on_output
+            self.tables[request_id] = (prompt_table, extra_ids)
 
     def cancel(self, request_id: str) -> bool:
         with self._lock:
@@ -267,5 +277,76 @@ def test_a_request_stopped_while_queued_for_a_slot_never_decodes(model_dir: Path
         handler.handle("running", STOP, RecordingSender())
         assert running.finished.wait(2)
         assert value(running.responses[0][0], "sequence_length") == 1
+    finally:
+        handler.close()
+
+
+# --- prompt tables (images) --------------------------------------------------------------------
+
+
+def with_table(rows: int, hidden: int = 4, **extra: np.ndarray) -> dict[str, np.ndarray]:
+    """A request whose last `rows` ids are prompt-table ids (the vocabulary is 128 here)."""
+    ids = [1, 2, *range(128, 128 + rows)]
+    return {
+        **generation(ids),
+        "prompt_embedding_table": np.ones((1, rows, hidden), dtype=np.float16),
+        "prompt_vocab_size": np.asarray([[rows]], dtype=np.int32),
+        **extra,
+    }
+
+
+def test_the_prompt_table_and_extra_ids_reach_the_engine(
+    requests: EngineRequests, engine: ScriptedEngine
+) -> None:
+    extra = np.asarray([[0, 0, 7, 7]], dtype=np.uint64)
+    requests.handle("c", with_table(2, prompt_table_extra_ids=extra), RecordingSender())
+    table, extra_ids = engine.tables[engine.only()]
+    assert table.shape == (2, 4) and table.dtype == torch.float16
+    assert extra_ids == [0, 0, 7, 7]
+
+
+def test_an_empty_prompt_table_is_a_text_request(
+    requests: EngineRequests, engine: ScriptedEngine
+) -> None:
+    # What the multimodal ensemble sends when a request has no image.
+    inputs = {
+        **generation(),
+        "prompt_embedding_table": np.zeros((1, 0, 4), dtype=np.float16),
+        "prompt_vocab_size": np.zeros((1, 1), dtype=np.int32),
+    }
+    requests.handle("c", inputs, RecordingSender())
+    assert engine.tables[engine.only()] == (None, None)
+
+
+def test_a_prompt_vocab_size_that_is_not_the_tables_row_count_is_invalid(
+    requests: EngineRequests,
+) -> None:
+    inputs = with_table(2)
+    inputs["prompt_vocab_size"] = np.asarray([[3]], dtype=np.int32)
+    sender = RecordingSender()
+    requests.handle("c", inputs, sender)
+    assert sender.finished.wait(2)
+    assert sender.final == (
+        "error",
+        "invalid",
+        "prompt_vocab_size=3 but prompt_embedding_table has 2 rows",
+    )
+
+
+def test_table_ids_beyond_the_table_are_invalid_in_the_real_engine(model_dir: Path) -> None:
+    engine = Engine.from_pretrained(model_dir, EngineConfig(max_batch_size=1, num_threads=1))
+    handler = EngineRequests(engine, KIT, default_end_ids=(0,))
+    engine.start()
+    try:
+        inputs = with_table(2, hidden=32)
+        inputs["input_ids"][0, -1] = 130  # row 2 of a 2-row table
+        sender = RecordingSender()
+        handler.handle("c", inputs, sender)
+        assert sender.finished.wait(2)
+        kind, code, text = sender.final
+        assert (kind, code) == ("error", "invalid") and "130" in text
+        served = RecordingSender()
+        handler.handle("c", with_table(2, hidden=32), served)
+        assert served.finished.wait(5) and value(served.final, "sequence_length") == 8
     finally:
         handler.close()

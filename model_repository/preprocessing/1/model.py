@@ -1,4 +1,7 @@
-"""Tokenise prompts and stop/bad words for the `ensemble` route (NVIDIA's tensor names)."""
+"""Tokenise prompts, stop/bad words and images for the `ensemble` routes (NVIDIA's tensor names).
+
+The work is `moe_engine.python_backend.preprocess`; only Triton's callbacks live here.
+"""
 
 from __future__ import annotations
 
@@ -7,40 +10,46 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from moe_engine.python_backend.serving import scalar
-from moe_engine.python_backend.text import encode, encode_stop_words, load_tokenizer, to_words_list
+from moe_engine.python_backend.bls_images import PREPROCESSING_FAILED
+from moe_engine.python_backend.preprocess import (
+    DEFAULT_MAX_IMAGES,
+    Preprocessor,
+    load_vision_prompt,
+    only_requested,
+)
+from moe_engine.python_backend.text import load_tokenizer
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.tok = load_tokenizer(params["tokenizer_dir"])
+        model_dir = params["tokenizer_dir"]
+        tok = load_tokenizer(model_dir)
+        max_images = params.get("max_num_images", "")
+        self.pre = Preprocessor(
+            tok,
+            load_vision_prompt(model_dir, tok),
+            max_images=int(max_images) if max_images.isdigit() else DEFAULT_MAX_IMAGES,
+        )
 
     def execute(self, requests: list) -> list:
         return [self._one(request) for request in requests]
 
     def _one(self, request):
         inputs = {t.name(): t.as_numpy() for t in request.inputs()}
-        query = scalar(inputs, "QUERY")
-        if not query:
-            error = pb_utils.TritonError("text_input is empty", pb_utils.TritonError.INVALID_ARG)
-            return pb_utils.InferenceResponse(error=error)
-        ids = encode(self.tok, query)
-        end_id = scalar(inputs, "END_ID", self.tok.eos_ids[0])
-        pad_id = scalar(inputs, "PAD_ID", self.tok.pad_id)
-        out = {
-            "INPUT_ID": np.asarray([ids], dtype=np.int32),
-            "REQUEST_INPUT_LEN": np.asarray([[len(ids)]], dtype=np.int32),
-            "REQUEST_OUTPUT_LEN": np.asarray([[scalar(inputs, "REQUEST_OUTPUT_LEN")]], np.int32),
-            "STOP_WORDS_IDS": self._words(inputs, "STOP_WORDS_DICT"),
-            "BAD_WORDS_IDS": self._words(inputs, "BAD_WORDS_DICT"),
-            "OUT_END_ID": np.asarray([[end_id]], dtype=np.int32),
-            "OUT_PAD_ID": np.asarray([[pad_id]], dtype=np.int32),
-        }
-        return pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in out.items()])
+        try:
+            outputs = self.pre.run(inputs)
+        except ValueError as exc:  # InputError: fixed texts, the client's mistake
+            return _error(str(exc), pb_utils.TritonError.INVALID_ARG)
+        except Exception as exc:
+            pb_utils.Logger.log_error(f"preprocessing failed: {exc!r}")
+            return _error(PREPROCESSING_FAILED, pb_utils.TritonError.INTERNAL)
+        outputs = only_requested(outputs, request.requested_output_names())
+        return pb_utils.InferenceResponse(
+            [pb_utils.Tensor(k, np.ascontiguousarray(v)) for k, v in outputs.items()]
+        )
 
-    def _words(self, inputs: dict, name: str) -> np.ndarray:
-        raw = inputs.get(name)
-        words = [w.decode("utf-8") for w in raw.reshape(-1)] if raw is not None else []
-        return np.asarray([to_words_list(encode_stop_words(self.tok, words))], dtype=np.int32)
+
+def _error(message: str, code: int):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))

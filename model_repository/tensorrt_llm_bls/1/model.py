@@ -17,8 +17,10 @@ from functools import partial
 import triton_python_backend_utils as pb_utils
 
 from moe_engine.python_backend import triton_logging as engine_logs
+from moe_engine.python_backend.bls_images import step_error
 from moe_engine.python_backend.bls_requests import BlsRequests, Generation, stop_inputs
 from moe_engine.python_backend.bls_stream import Chunk
+from moe_engine.python_backend.image_prompt import vision_image_token
 from moe_engine.python_backend.loop_thread import LoopThread
 from moe_engine.python_backend.responses import triton_kit
 from moe_engine.python_backend.text import load_tokenizer
@@ -34,14 +36,24 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         context = params.get("max_context_len", "")
+        tok = load_tokenizer(params["tokenizer_dir"])
+        engine = _EngineModel(params.get("tensorrt_llm_model_name", "tensorrt_llm"))
+        encoder = params.get("multimodal_encoders_name", "")
+        image_token = vision_image_token(params["tokenizer_dir"]) if encoder else None
         self.loop = LoopThread("bls-loop")
         self.requests = BlsRequests(
-            load_tokenizer(params["tokenizer_dir"]),
-            _EngineModel(params.get("tensorrt_llm_model_name", "tensorrt_llm")),
+            tok,
+            engine,
             triton_kit(pb_utils),
             max_context_len=int(context) if context.isdigit() else 0,
             max_in_flight=int(params.get("max_inflight_requests", "1024")),
             max_pending=int(params.get("max_pending_engine_requests", "16")),
+            images=(
+                _ImageModels(params.get("preprocessing_model_name", "preprocessing"), encoder)
+                if encoder
+                else None
+            ),
+            image_token_id=tok.tokenizer.token_to_id(image_token) if image_token else None,
         )
 
     def execute(self, requests: list) -> None:
@@ -107,6 +119,42 @@ class _EngineModel:
             requested_output_names=outputs,
             request_id=request_id,
         )
+
+
+class _ImageModels:
+    """`preprocessing` and the encoder through BLS calls, each waiting on a thread of its own.
+
+    Their refusals (fixed texts) reach the client as INVALID_ARG; their own failures as INTERNAL.
+    """
+
+    def __init__(self, preprocessing: str, encoder: str) -> None:
+        self._names = {"preprocess": preprocessing, "encode": encoder}
+        self._calls = ThreadPoolExecutor(max_workers=32, thread_name_prefix="bls-images")
+
+    async def preprocess(self, inputs: dict) -> dict:
+        return await self._call("preprocess", inputs, list(_PREPROCESSED))
+
+    async def encode(self, inputs: dict) -> dict:
+        return await self._call("encode", inputs, list(_ENCODED))
+
+    async def _call(self, step: str, inputs: dict, outputs: list[str]) -> dict:
+        request = pb_utils.InferenceRequest(
+            model_name=self._names[step],
+            inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()],
+            requested_output_names=outputs,
+        )
+        loop = asyncio.get_running_loop()
+        response = await loop.run_in_executor(self._calls, request.exec)
+        if response.has_error():
+            failure = step_error(self._names[step], response.error().message())
+            if failure.kind == "internal":
+                pb_utils.Logger.log_error(failure.message)
+            raise failure
+        return {n: pb_utils.get_output_tensor_by_name(response, n).as_numpy() for n in outputs}
+
+
+_PREPROCESSED = ("INPUT_ID", "PIXEL_VALUES", "OUT_PROMPT_TABLE_EXTRA_IDS")
+_ENCODED = ("OUT_PROMPT_EMBEDDING_TABLE", "OUT_PROMPT_VOCAB_SIZE")
 
 
 def _run_to_end(request) -> None:
