@@ -127,8 +127,10 @@ def is_public_address(address: str | IPAddress) -> bool:
         embedded = _embedded_ipv4(ip)
         if embedded is not None:
             return is_public_address(embedded)
-        if ip.is_site_local or ip in _NAT64_LOCAL:
-            return False
+    if any(ip in network for network in _SPECIAL[ip.version]):
+        return False
+    # The standard library's flags as a second opinion (its tables differ between patch releases,
+    # hence the explicit list above).
     return not (
         ip.is_loopback
         or ip.is_private
@@ -136,14 +138,52 @@ def is_public_address(address: str | IPAddress) -> bool:
         or ip.is_multicast
         or ip.is_reserved
         or ip.is_unspecified
-        or not ip.is_global  # CGNAT, documentation, benchmarking, and the like
+        or not ip.is_global
     )
 
 
 # --- helpers -------------------------------------------------------------------------------------
 
+# IANA's special-purpose registries (not globally reachable), plus multicast and site-local.
+_SPECIAL = {
+    4: [
+        ipaddress.IPv4Network(n)
+        for n in (
+            "0.0.0.0/8",  # this network
+            "10.0.0.0/8",
+            "100.64.0.0/10",  # CGNAT (Alibaba's metadata address is in it)
+            "127.0.0.0/8",
+            "169.254.0.0/16",  # link-local, the cloud metadata address 169.254.169.254
+            "172.16.0.0/12",
+            "192.0.0.0/24",  # IETF protocol assignments (Oracle's metadata 192.0.0.192)
+            "192.0.2.0/24",
+            "192.88.99.0/24",  # 6to4 relay anycast (deprecated)
+            "192.168.0.0/16",
+            "198.18.0.0/15",  # benchmarking
+            "198.51.100.0/24",
+            "203.0.113.0/24",
+            "224.0.0.0/4",  # multicast
+            "240.0.0.0/4",  # reserved, and the broadcast address
+        )
+    ],
+    6: [
+        ipaddress.IPv6Network(n)
+        for n in (
+            "::/96",  # unspecified, loopback (IPv4-compatible forms are read as IPv4)
+            "64:ff9b:1::/48",  # local-use NAT64
+            "100::/64",  # discard
+            "2001::/23",  # IETF protocol assignments, Teredo
+            "2001:db8::/32",  # documentation
+            "3fff::/20",  # documentation
+            "5f00::/16",  # SRv6 SIDs
+            "fc00::/7",  # unique local (AWS's metadata fd00:ec2::254)
+            "fe80::/10",  # link-local
+            "fec0::/10",  # site-local (deprecated)
+            "ff00::/8",  # multicast
+        )
+    ],
+}
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 _REDIRECTS = (301, 302, 303, 307, 308)
 
