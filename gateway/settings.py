@@ -61,6 +61,9 @@ class ModelSettings(_Section):
     """Default: the checkpoint's `max_position_embeddings`."""
     cache: bool = True
     """False keeps this model's answers out of the response cache."""
+    vision: bool | None = None
+    """Whether it takes images (default: its route's `multimodal_encoders_name` parameter, or a
+    `vision/` folder next to a configured tokenizer)."""
 
 
 class TritonSettings(_Section):
@@ -135,7 +138,8 @@ class RequestSettings(_Section):
     """Bounds on what one request may ask for: each refusal is a 400 (or 413) naming the field."""
 
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
-    """Larger bodies get 413 before they are parsed."""
+    """Larger bodies get 413 before they are parsed; `/v1/chat/completions` admits room on top
+    for `images.max_per_request` images of `images.max_bytes` as base64."""
     max_n: int = Field(default=16, ge=1)
     """Samples per prompt (`n`)."""
     max_stop: int = Field(default=4, ge=0)
@@ -150,6 +154,62 @@ class RequestSettings(_Section):
     """Prompts × `n`: the generations one request may start."""
     max_tools: int = Field(default=128, ge=0)
     """Entries of `tools` (OpenAI's own limit is 128)."""
+
+
+_IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+
+
+class ImageSettings(_Section):
+    """Image parts of chat messages: how many, how large, and how `http(s)` images are fetched
+    (by the gateway only; Triton takes `data:` URLs). Each refusal is a 400 naming the part."""
+
+    max_per_request: int = Field(default=8, ge=0)
+    """Images in one chat request (0: no images at all); more is 400 `too_many_images`."""
+    max_bytes: int = Field(default=10 * 2**20, ge=1)
+    """Bytes of one image (decoded, or as fetched); the request body limit grows to admit
+    `max_per_request` images of this size as base64 (see `requests.max_body_bytes`)."""
+    max_pixels: int = Field(default=25_000_000, ge=1)
+    """Width × height of one image, read from its header before it is decoded (decompression
+    bombs)."""
+    min_side: int = Field(default=2, ge=1)
+    """Smallest width and height accepted (a 1×1 image is refused)."""
+    formats: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(_IMAGE_FORMATS))
+    """Image formats accepted: some of PNG, JPEG, WEBP, GIF (its first frame); others are
+    always refused."""
+    allow_http: bool = True
+    """Accept `http(s)` image URLs (fetched by the gateway); false: `data:` URLs only."""
+    allow_private_addresses: bool = False
+    """Let `http(s)` images come from loopback, private, link-local and other non-public
+    addresses (a local deployment's switch; leave off where clients are not trusted)."""
+    allowed_domains: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Hosts `http(s)` images may come from: `example.com` or `*.example.com` (empty: any public
+    host)."""
+    follow_redirects: bool = False
+    """Follow redirects of image URLs, each hop checked again; off: a redirect is refused."""
+    max_redirects: int = Field(default=3, ge=0, le=20)
+    """Redirects followed for one image when `follow_redirects` is on."""
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    """Time limit on connecting to an image's host."""
+    read_timeout_s: float = Field(default=10.0, gt=0)
+    """Time limit on each read of an image's body."""
+    total_timeout_s: float = Field(default=30.0, gt=0)
+    """Time limit on a whole fetch, redirects included (a server dripping bytes stops here)."""
+
+    _split_lists = field_validator("formats", "allowed_domains", mode="before")(_split)
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, formats: list[str]) -> list[str]:
+        upper = [f.upper() for f in formats]
+        unknown = [f for f in upper if f not in _IMAGE_FORMATS]
+        if unknown:
+            raise ValueError(f"unknown image formats {unknown}; choose from {_IMAGE_FORMATS}")
+        return upper
+
+    def request_bytes(self) -> int:
+        """Body bytes that `max_per_request` images of `max_bytes` take as base64 data URLs."""
+        data_url = 4 * -(-self.max_bytes // 3) + 64  # base64 of the bytes, plus the URL's head
+        return self.max_per_request * data_url
 
 
 class AuthSettings(_Section):
@@ -306,6 +366,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    images: ImageSettings = Field(default_factory=ImageSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     fallback: FallbackSettings = Field(default_factory=FallbackSettings)
 

@@ -54,7 +54,11 @@ def create_app(settings: Settings) -> FastAPI:
         # disconnect still reaches the route, which stops the Triton request.
         middleware=[
             Middleware(RequestContext, access_log_enabled=settings.access_log),
-            Middleware(BodySizeLimit, max_bytes=settings.requests.max_body_bytes),
+            Middleware(
+                BodySizeLimit,
+                max_bytes=settings.requests.max_body_bytes,
+                per_path={"/v1/chat/completions": _chat_body_bytes(settings)},
+            ),
         ],
         exception_handlers=error_responses.handlers(),
         # Our own Prometheus metrics cover requests; FastAPI's OpenTelemetry hooks would cost a
@@ -71,6 +75,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(metrics.router)
     app.openapi = openapi.generator(app)  # type: ignore[method-assign]
     return app
+
+
+def _chat_body_bytes(settings: Settings) -> int:
+    # Chat bodies may carry images as base64 data URLs: the text limit plus room for as many
+    # images of the largest size as a request may hold.
+    return settings.requests.max_body_bytes + settings.images.request_bytes()
 
 
 def _lifespan(settings: Settings, access: Access) -> Lifespan:
@@ -100,7 +110,7 @@ def _lifespan(settings: Settings, access: Access) -> Lifespan:
             cache = ResponseCache(settings.cache, redis_url=settings.redis_url)
         backend = TritonBackend(pool)
         service = app.state.service = OpenAIService(
-            settings.requests, catalogue, backend, cache=cache
+            settings.requests, catalogue, backend, cache=cache, images=settings.images
         )
         reloader = Reloader(settings, partial(_apply, app, pool, service))
         reloader.install()
@@ -132,7 +142,7 @@ async def _apply(app: FastAPI, pool: TritonPool, service: OpenAIService, new: Se
         with contextlib.suppress(Exception):  # the old models stay if Triton cannot say
             await catalogue.discover(await repository_models(pool.ready_client()))
     if catalogue.complete and catalogue.all():
-        service.reconfigure(new.requests, catalogue)
+        service.reconfigure(new.requests, catalogue, new.images)
     else:
         log.warning("configuration reload: the new model list could not be loaded, keeping it")
-        service.reconfigure(new.requests)
+        service.reconfigure(new.requests, images=new.images)

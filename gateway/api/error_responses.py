@@ -39,8 +39,12 @@ def error_response(exc: GatewayError) -> Response:
 
 
 def invalid_body(exc: ValidationError, body: bytes) -> InvalidRequest:
-    """The 400 for a body that does not parse into its request model, naming the parameter."""
-    error = exc.errors(include_url=False)[0]
+    """The 400 for a body that does not parse into its request model, naming the parameter.
+
+    Of a union's errors (`content`: a string, or a list of parts) the one reaching deepest into
+    the submitted JSON names it best: `messages[0].content[1].image_url.url`, not the content."""
+    errors = exc.errors(include_url=False)
+    error = errors[0]
     kind = error["type"]
     if kind == "json_invalid":
         return InvalidRequest(
@@ -49,7 +53,9 @@ def invalid_body(exc: ValidationError, body: bytes) -> InvalidRequest:
         )
     if kind == "model_type" and not error["loc"]:
         return InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    param = _param(error["loc"], body, include_last=kind == "missing")
+    named = [(_param(e["loc"], body, include_last=e["type"] == "missing"), e) for e in errors]
+    param, error = max(named, key=lambda item: _depth(item[0]))
+    kind = error["type"]
     if kind == "missing":
         return InvalidRequest(
             f"Missing required parameter: '{param}'.",
@@ -113,12 +119,17 @@ def _param(loc: tuple[Any, ...], body: bytes, *, include_last: bool) -> str:
         if _has(node, step):
             node = node[step]
         elif not (include_last and i == len(loc) - 1):
-            break
+            continue  # a union member's name (`str`, `list[ContentPart]`), not a JSON step
         steps.append(step)
     param = ""
     for step in steps:
         param += f"[{step}]" if isinstance(step, int) else (f".{step}" if param else step)
     return param or "body"
+
+
+def _depth(param: str) -> int:
+    # The first error wins ties (`max` keeps the first of equals).
+    return param.count(".") + param.count("[")
 
 
 def _has(node: Any, step: Any) -> bool:

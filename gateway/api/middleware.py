@@ -94,21 +94,24 @@ class RequestContext:
 
 
 class BodySizeLimit:
-    """413 for bodies over `max_bytes`: from `Content-Length` before reading anything, else while
-    the chunks arrive. The route then receives the already-read body as usual."""
+    """413 for bodies over `max_bytes` (or the path's own limit in `per_path`, for the route
+    that takes images): from `Content-Length` before reading anything, else while the chunks
+    arrive. The route then receives the already-read body as usual."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int):
+    def __init__(self, app: ASGIApp, *, max_bytes: int, per_path: dict[str, int] | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.per_path = per_path or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        limit = self.per_path.get(scope["path"], self.max_bytes)
         for name, value in scope["headers"]:
             if name == b"content-length":
-                if value.isdigit() and int(value) > self.max_bytes:
-                    await _send_error(send, self._too_large(int(value)))
+                if value.isdigit() and int(value) > limit:
+                    await _send_error(send, _too_large(int(value), limit))
                     return
                 break
 
@@ -120,8 +123,8 @@ class BodySizeLimit:
                 return  # the client left before sending its body
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
-                await _send_error(send, self._too_large(size))
+            if size > limit:
+                await _send_error(send, _too_large(size, limit))
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -138,10 +141,11 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    def _too_large(self, size: int) -> RequestTooLarge:
-        return RequestTooLarge(
-            f"The request body is {size} bytes, over this server's limit of {self.max_bytes} bytes."
-        )
+
+def _too_large(size: int, limit: int) -> RequestTooLarge:
+    return RequestTooLarge(
+        f"The request body is {size} bytes, over this server's limit of {limit} bytes."
+    )
 
 
 async def _send_error(send: Send, error: GatewayError) -> None:

@@ -4,8 +4,9 @@
 A new configuration that does not validate is refused with one log line, and the running one
 stays. A valid one applies to the requests that arrive from then on, while those in flight
 finish where they are: the Triton upstreams (added ones are probed first, removed ones close
-once idle), balancing, retries and circuit settings, the request limits, the admission bounds,
-and the models when the new list can be loaded in full. Sections that cannot change under a
+once idle), balancing, retries and circuit settings, the request and image limits (not the body
+size limit, set at start-up), the admission bounds, and the models when the new list can be
+loaded in full. Sections that cannot change under a
 running process (auth keys, Redis, the cache, host and port) are named in a warning; they take
 effect at the next restart. Under `serve --workers N` the supervisor reloads instead, by
 restarting the workers one at a time (gateway/server.py).
@@ -33,7 +34,7 @@ RELOADS = Counter(
     ["result"],
 )
 # What a running process applies; any other change waits for a restart.
-_LIVE = {"triton", "requests", "admission", "models", "discover_models"}
+_LIVE = {"triton", "requests", "images", "admission", "models", "discover_models"}
 
 
 class Reloader:

@@ -55,14 +55,15 @@ def token_logprobs(delta: Delta) -> list[tuple[str, float]]:
 
 
 def usage(job: Job, choices: Sequence[Choice]) -> protocol.Usage:
-    """Prompt tokens once per prompt (not per sample), Triton's own count over ours."""
+    """Prompt tokens once per prompt (not per sample), Triton's own count over ours (which
+    counts each image as its features, not its one placeholder)."""
     prompt_tokens = 0
     for i, counted in enumerate(job.prompt_tokens):
         reported = choices[i * job.n].input_tokens
         if reported is None:
             reported = counted
         if reported is None:  # a route that does not report it, and a prompt we did not count
-            reported = job.model.tokenizer.count(
+            reported = job.image_tokens + job.model.tokenizer.count(
                 job.prompts[i], add_special_tokens=job.special_tokens
             )
             # Kept: usage is asked for several times per request (charge, response, metrics).

@@ -42,6 +42,9 @@ class GenerationRequest:
     affinity: str | None = None
     """Session or user: the backend keeps a conversation on one replica (else the prompt's
     beginning does)."""
+    images: tuple[str, ...] = ()
+    """The prompt's images in placeholder order, as `data:image/...;base64,` URLs of checked
+    bytes (http images already fetched by the gateway)."""
 
 
 @dataclass(frozen=True, slots=True)

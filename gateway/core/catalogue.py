@@ -1,9 +1,12 @@
 """The models catalogue: which OpenAI model ids exist, the Triton route behind each, and their
-tokenizer, chat template and context length.
+tokenizer, chat template, context length and whether they take images.
 
 Entries come from the settings (`models:` in the YAML config); whatever they leave unset is read
 from the Triton model configs' `parameters` (`served_model_name`, `tokenizer_dir`) of the route,
-or of `preprocessing`, which NVIDIA's layout also gives the tokenizer location.
+or of `preprocessing`, which NVIDIA's layout also gives the tokenizer location. A route takes
+images when its `multimodal_encoders_name` parameter (NVIDIA's name, on `tensorrt_llm_bls`)
+names an encoder model; the image placeholder and the features per image come from the
+checkpoint's `vision/config.json` next to the tokenizer.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ log = logging.getLogger("localmoe.models")
 
 _FALLBACK_ROUTE = "ensemble"
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
+_VISION_CONFIG = "vision/config.json"
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,10 +46,21 @@ class ServedModel:
     """Whether answers may be cached (`models[].cache`)."""
     cache_identity: str = ""
     """Names the model in cache keys; changes when its configuration or weight files change."""
+    vision: bool = False
+    """Takes `image_url` parts (its route has a multimodal encoder)."""
+    image_token: str | None = None
+    """The placeholder its chat template writes for an image (`vision/config.json`)."""
+    image_tokens: int | None = None
+    """Prompt tokens one image takes (F features); None: unknown before Triton reports it."""
 
     def card(self) -> protocol.Model:
         """The model's `/v1/models` entry."""
-        return protocol.Model(id=self.id, created=self.created, max_model_len=self.context_length)
+        return protocol.Model(
+            id=self.id,
+            created=self.created,
+            max_model_len=self.context_length,
+            capabilities=protocol.ModelCapabilities(vision=self.vision),
+        )
 
 
 class Catalogue:
@@ -77,7 +92,8 @@ class Catalogue:
         waiting = []
         for entry in self._pending:
             if entry.id and entry.tokenizer_dir:
-                await self._add(entry.id, entry.route, entry.tokenizer_dir, entry)
+                vision = _has_vision_config(entry.tokenizer_dir)
+                await self._add(entry.id, entry.route, entry.tokenizer_dir, entry, vision=vision)
             elif self._discover:
                 waiting.append(entry)
             else:
@@ -103,26 +119,36 @@ class Catalogue:
                     "route %s has no tokenizer_dir parameter; set models[].tokenizer_dir", route
                 )
                 continue
-            await self._add(model_id, route, Path(tokenizer_dir), entry)
+            vision = bool(repository[route].get("multimodal_encoders_name"))
+            await self._add(model_id, route, Path(tokenizer_dir), entry, vision=vision)
         self._pending = waiting
 
     async def _add(
-        self, model_id: str, route: str, tokenizer_dir: Path, entry: ModelSettings
+        self, model_id: str, route: str, tokenizer_dir: Path, entry: ModelSettings, *, vision: bool
     ) -> None:
+        if entry.vision is not None:
+            vision = entry.vision
         try:
             model = await asyncio.to_thread(
-                load_model, model_id, route, tokenizer_dir, entry.context_length, cache=entry.cache
+                load_model,
+                model_id,
+                route,
+                tokenizer_dir,
+                entry.context_length,
+                cache=entry.cache,
+                vision=vision,
             )
         except (OSError, ValueError) as exc:
             log.error("cannot serve model %s from %s: %s", model_id, tokenizer_dir, exc)
             return
         self._models[model.id] = model
         log.info(
-            "serving model %s on route %s (context %d tokens, chat template: %s)",
+            "serving model %s on route %s (context %d tokens, chat template: %s, images: %s)",
             model.id,
             model.route,
             model.context_length,
             model.chat_template is not None,
+            model.vision,
         )
 
 
@@ -133,8 +159,11 @@ def load_model(
     context_length: int | None = None,
     *,
     cache: bool = True,
+    vision: bool = False,
 ) -> ServedModel:
-    """Read a model's tokenizer, chat template and context length from its folder (blocking)."""
+    """Read a model's tokenizer, chat template, context length and image placeholder from its
+    folder (blocking)."""
+    image_token, image_tokens = _vision_config(Path(tokenizer_dir)) if vision else (None, None)
     return ServedModel(
         id=model_id,
         route=route,
@@ -144,6 +173,27 @@ def load_model(
         created=int(time.time()),
         cache=cache,
         cache_identity=f"{model_id}|{route}|{_fingerprint(Path(tokenizer_dir))}",
+        vision=vision,
+        image_token=image_token,
+        image_tokens=image_tokens,
+    )
+
+
+def _has_vision_config(model_dir: Path) -> bool:
+    # A configured model that Triton is not asked about: its checkpoint says it sees.
+    return (Path(model_dir) / _VISION_CONFIG).is_file()
+
+
+def _vision_config(model_dir: Path) -> tuple[str | None, int | None]:
+    """The image placeholder and the tokens per image of a vision checkpoint, when it says."""
+    path = model_dir / _VISION_CONFIG
+    if not path.is_file():
+        return None, None
+    config = json.loads(path.read_text(encoding="utf-8"))
+    token, count = config.get("image_token"), config.get("num_image_tokens")
+    return (
+        token if isinstance(token, str) and token else None,
+        count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else None,
     )
 
 
@@ -165,12 +215,13 @@ def _fingerprint(model_dir: Path) -> str:
     # The same on every replica (contents and sizes, not mtimes), different after a rebuild that
     # changes the config or the size of a weight file. Entries also expire after `cache_ttl_s`.
     digest = hashlib.sha256()
-    for name in ("config.json", "tokenizer_config.json"):
+    for name in ("config.json", "tokenizer_config.json", _VISION_CONFIG):
         path = model_dir / name
         if path.is_file():
             digest.update(path.read_bytes())
-    for path in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
-        digest.update(f"{path.name}:{path.stat().st_size}".encode())
+    weights = sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin"))
+    for path in weights + sorted(model_dir.glob("vision/*.safetensors")):
+        digest.update(f"{path.relative_to(model_dir).as_posix()}:{path.stat().st_size}".encode())
     return digest.hexdigest()[:16]
 
 

@@ -21,7 +21,9 @@ def generate(backend: Backend, job: Job, request_id: str) -> AsyncIterator[tuple
             if k and options.seed is not None:  # n samples with one seed must still differ
                 options = dataclasses.replace(options, seed=options.seed + k)
             sub_id = f"{request_id}-{len(streams)}" if several else request_id
-            request = GenerationRequest(prompt, options, sub_id, job.stream, job.affinity)
+            request = GenerationRequest(
+                prompt, options, sub_id, job.stream, job.affinity, images=job.images
+            )
             streams.append(backend.generate(job.model.route, request))
     return merge(streams)
 

@@ -1,6 +1,7 @@
 """A validated OpenAI request turned into a `Job`: the model, the prompts and their token
-budget, the sampling options and the cache key. Everything that can refuse a request before
-Triton is asked happens here (validation, model access, context length, token budget)."""
+budget, the images, the sampling options and the cache key. Everything that can refuse a request
+before Triton is asked happens here (validation, model access, images, context length, token
+budget); images are fetched and decoded last, once every cheaper check has passed."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from gateway.core import validation
 from gateway.core.backend import SamplingOptions
 from gateway.core.catalogue import Catalogue, ServedModel
 from gateway.core.context import CallContext
+from gateway.core.images import ImageLoader, image_parts
+from gateway.core.messages import render_prompt
 from gateway.core.protocol import ChatCompletionRequest, CompletionRequest
-from gateway.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
+from gateway.errors import ContextLengthExceeded, ModelNotFound
 from gateway.policy.cache import cache_key, is_cacheable
-from gateway.settings import RequestSettings
+from gateway.settings import ImageSettings, RequestSettings
 
 CHAT, COMPLETION = "chat.completion", "text_completion"
 
@@ -41,6 +44,11 @@ class Job:
     echo: bool = False
     affinity: str | None = None
     """What keeps the request's conversation on one upstream: the session, else `user`."""
+    images: tuple[str, ...] = ()
+    """The prompt's images in order, as `data:` URLs of their checked bytes."""
+    image_tokens: int = 0
+    """Prompt tokens the images add beyond their one placeholder token each (a tokenizer count
+    of the prompt misses them)."""
 
     @property
     def choices(self) -> int:
@@ -55,23 +63,31 @@ class Job:
 class JobBuilder:
     """Prepares jobs against one catalogue, under one set of request bounds."""
 
-    def __init__(self, catalogue: Catalogue, limits: RequestSettings, *, caching: bool):
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        limits: RequestSettings,
+        *,
+        caching: bool,
+        images: ImageSettings | None = None,
+    ):
         self.catalogue = catalogue
         self.limits = limits
         self.caching = caching
+        self.images = ImageLoader(images or ImageSettings())
 
     async def chat(self, request: ChatCompletionRequest, ctx: CallContext) -> Job:
-        """The job of a chat request, after the chat template."""
+        """The job of a chat request, after the chat template, with its images loaded."""
         validation.check_chat(request, self.limits)
         model = self.model(request.model, ctx)
-        if model.chat_template is None:
-            raise InvalidRequest(
-                f"Model '{model.id}' has no chat template; use /v1/completions.", param="model"
-            )
-        prompt = model.chat_template.render(validation.chat_messages(request), tools=request.tools)
+        parts = image_parts(request)
+        self.images.check(request, parts, model)
+        prompt = render_prompt(model, request, len(parts))
+        extra = len(parts) * (model.image_tokens - 1) if parts and model.image_tokens else 0
         counts, max_tokens = await self._budget(
-            model, [prompt], validation.requested_max_tokens(request), ctx, chat=True
+            model, [prompt], validation.requested_max_tokens(request), ctx, chat=True, extra=extra
         )
+        loaded = await self.images.load(parts)
         logprobs = bool(request.logprobs)
         return Job(
             kind=CHAT,
@@ -83,8 +99,10 @@ class JobBuilder:
             options=validation.sampling_options(request, max_tokens, logprobs=logprobs),
             n=request.n or 1,
             include_usage=_include_usage(request),
-            cache_key=self._cache_key(request, model, ctx),
+            cache_key=self._cache_key(request, model, ctx, [i.sha256 for i in loaded]),
             affinity=ctx.session or request.user,
+            images=tuple(image.data_url for image in loaded),
+            image_tokens=extra,
         )
 
     async def completion(self, request: CompletionRequest, ctx: CallContext) -> Job:
@@ -118,7 +136,11 @@ class JobBuilder:
         return self.catalogue.get(model_id)
 
     def _cache_key(
-        self, request: validation.OpenAIRequest, model: ServedModel, ctx: CallContext
+        self,
+        request: validation.OpenAIRequest,
+        model: ServedModel,
+        ctx: CallContext,
+        image_hashes: list[str] | None = None,
     ) -> str | None:
         if not self.caching:
             return None
@@ -134,7 +156,12 @@ class JobBuilder:
         if not is_cacheable(flags, ctx.cache_control):
             return None
         # Unknown fields were already dropped by the parser and cannot change the answer.
-        return cache_key(ctx.tenant, model.cache_identity, request.model_dump(exclude_unset=True))
+        return cache_key(
+            ctx.tenant,
+            model.cache_identity,
+            request.model_dump(exclude_unset=True),
+            image_hashes=image_hashes or (),
+        )
 
     async def _budget(
         self,
@@ -144,9 +171,11 @@ class JobBuilder:
         ctx: CallContext,
         *,
         chat: bool,
+        extra: int = 0,
     ) -> tuple[list[int | None], int]:
-        """The prompts' token counts and the completion budget, after the context and token
-        budget checks (400 or 429).
+        """The prompts' token counts (with `extra` tokens each that the text does not show:
+        image features) and the completion budget, after the context and token budget checks
+        (400 or 429).
 
         Counting is skipped (None) when a cheap upper bound already passes both checks, since
         Triton reports the exact count; a prompt whose cheap lower bound already overflows the
@@ -154,18 +183,18 @@ class JobBuilder:
         tokenizer, special, param = model.tokenizer, not chat, "messages" if chat else "prompt"
         if requested is not None:
             bounds = [tokenizer.bound(p, add_special_tokens=special) for p in prompts]
-            known = [b for b in bounds if b is not None]
+            known = [b + extra for b in bounds if b is not None]
             fits = len(known) == len(bounds) and max(known) + requested <= model.context_length
             if fits and (ctx.meter is None or ctx.meter.admits(sum(known))):
                 return [None] * len(prompts), requested
         for prompt in prompts:
-            if tokenizer.floor(prompt) > model.context_length:
+            if tokenizer.floor(prompt) + extra > model.context_length:
                 raise ContextLengthExceeded(
                     f"This model's maximum context length is {model.context_length} tokens, "
                     f"and the {param} alone are far longer. Please shorten the {param}.",
                     param=param,
                 )
-        counts = await _count(model, prompts, special)
+        counts = [count + extra for count in await _count(model, prompts, special)]
         max_tokens = validation.fit_context(
             model.context_length, max(counts), requested, param=param, cap=self.limits.max_tokens
         )

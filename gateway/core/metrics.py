@@ -1,5 +1,6 @@
 """What generations cost, as Prometheus metrics: time to first token, inter-token latency and
-end-to-end latency histograms, and prompt and completion tokens, per model.
+end-to-end latency histograms, and prompt and completion tokens, per model; images accepted and
+refused.
 
 Buckets fit LLM serving (vLLM's, stretched for CPU engines): a cache hit is sub-millisecond, a
 first token on the CPU engine tens of milliseconds, a whole answer up to minutes. Under
@@ -46,6 +47,27 @@ PROMPT_TOKENS = Counter(
 COMPLETION_TOKENS = Counter(
     "localmoe_completion_tokens_total", "Completion tokens of answered requests", ["model"]
 )
+IMAGES = Counter(
+    "localmoe_images_total",
+    "Images of chat requests that passed every check, by source (data: URL, or fetched http)",
+    ["source"],
+)
+IMAGE_REFUSALS = Counter(
+    "localmoe_image_refusals_total",
+    "Image parts refused with a 400, by reason (corrupt, format, too_many_pixels, "
+    "private_address, timeout, too_many_images, text_only_model, ...)",
+    ["reason"],
+)
+
+
+def count_image(source: str) -> None:
+    """One image accepted from `source` (`data` or `http`)."""
+    IMAGES.labels(source).inc()
+
+
+def count_image_refusal(reason: str) -> None:
+    """One image part refused for `reason` (`ImageRefused.reason`, or the gateway's own)."""
+    IMAGE_REFUSALS.labels(reason).inc()
 
 
 # Label children per (model, cache result), looked up once: `labels()` costs a lock and a tuple

@@ -37,11 +37,20 @@ class StreamOptions(_Request):
     include_usage: bool | None = False
 
 
+class ImageURL(_Request):
+    url: str
+    """A `data:image/...;base64,` URL, or an `http(s)` URL the gateway fetches."""
+    detail: Literal["auto", "low", "high"] | None = "auto"
+    """Accepted for compatibility; this engine sees every image at its encoder's size."""
+
+
 class ContentPart(_Request):
-    """One part of a message's content array; only `text` parts carry meaning for a text model."""
+    """One part of a message's content array: `text`, or `image_url` for a vision model. The
+    type is checked by validation, which names the part, rather than by a union here."""
 
     type: str
     text: str | None = None
+    image_url: ImageURL | None = None
 
 
 class FunctionCall(_Request):
@@ -209,12 +218,18 @@ class CompletionResponse(_Response):
     usage: Usage | None = Field(default=None, exclude_if=_is_none)  # only on the last chunk
 
 
+class ModelCapabilities(_Response):
+    vision: bool = False
+    """Takes `image_url` content parts in chat messages."""
+
+
 class Model(_Response):
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "localmoe"
     max_model_len: int | None = None
+    capabilities: ModelCapabilities = Field(default_factory=ModelCapabilities)
 
 
 class ModelList(_Response):

@@ -31,7 +31,7 @@ from gateway.core.protocol import (
 )
 from gateway.core.shapes import Chunk, shape_of
 from gateway.policy.cache import CachedCompletion, ResponseCache
-from gateway.settings import RequestSettings
+from gateway.settings import ImageSettings, RequestSettings
 
 R = TypeVar("R", ChatCompletionRequest, CompletionRequest)
 
@@ -83,17 +83,28 @@ class OpenAIService:
         catalogue: Catalogue,
         backend: Backend,
         cache: ResponseCache | None = None,
+        images: ImageSettings | None = None,
     ):
         self.catalogue = catalogue
         self.backend = backend
         self.cache = cache
-        self.jobs = JobBuilder(catalogue, limits, caching=cache is not None)
+        self.jobs = JobBuilder(catalogue, limits, caching=cache is not None, images=images)
 
-    def reconfigure(self, limits: RequestSettings, catalogue: Catalogue | None = None) -> None:
-        """New request limits (and models) for the requests that arrive from now on; those in
-        flight finish with what they started with."""
+    def reconfigure(
+        self,
+        limits: RequestSettings,
+        catalogue: Catalogue | None = None,
+        images: ImageSettings | None = None,
+    ) -> None:
+        """New request limits, image limits (and models) for the requests that arrive from now
+        on; those in flight finish with what they started with."""
         self.catalogue = catalogue or self.catalogue
-        self.jobs = JobBuilder(self.catalogue, limits, caching=self.cache is not None)
+        self.jobs = JobBuilder(
+            self.catalogue,
+            limits,
+            caching=self.cache is not None,
+            images=images or self.jobs.images.settings,
+        )
 
     def ready(self) -> bool:
         """True when a model is known and an upstream is ready."""

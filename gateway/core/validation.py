@@ -12,7 +12,13 @@ import struct
 from typing import Any, NoReturn
 
 from gateway.core.backend import SamplingOptions
-from gateway.core.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, Prompt
+from gateway.core.protocol import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    ContentPart,
+    Prompt,
+)
 from gateway.errors import ContextLengthExceeded, InvalidRequest
 from gateway.settings import RequestSettings
 
@@ -74,26 +80,6 @@ def check_completion(request: CompletionRequest, limits: RequestSettings) -> Non
     if request.best_of is not None and request.best_of != (request.n or 1):
         _unsupported("best_of", "best_of other than n")
     _check_common(request, limits, generations=prompts * (request.n or 1))
-
-
-def chat_messages(request: ChatCompletionRequest) -> list[dict[str, Any]]:
-    """The messages as the chat template expects them: content parts joined into one string."""
-    messages = []
-    for message in request.messages:
-        content = message.content
-        if isinstance(content, list):
-            content = "\n".join(part.text or "" for part in content)
-        # `developer` is OpenAI's newer name for `system`; chat templates know only `system`.
-        role = "system" if message.role == "developer" else message.role
-        entry: dict[str, Any] = {"role": role, "content": content}
-        if message.name is not None:
-            entry["name"] = message.name
-        if message.tool_calls is not None:
-            entry["tool_calls"] = [call.model_dump() for call in message.tool_calls]
-        if message.tool_call_id is not None:
-            entry["tool_call_id"] = message.tool_call_id
-        messages.append(entry)
-    return messages
 
 
 def requested_max_tokens(request: OpenAIRequest) -> int | None:
@@ -177,15 +163,10 @@ def _check_messages(messages: list[ChatMessage], limits: RequestSettings) -> Non
 def _check_message(i: int, message: ChatMessage) -> None:
     # OpenAI's rules for which fields each role needs.
     where = f"messages[{i}]"
+    role = message.role
     if isinstance(message.content, list):
         for j, part in enumerate(message.content):
-            if part.type != "text" or part.text is None:
-                raise InvalidRequest(
-                    f"Content parts of type '{part.type}' are not supported by this model; "
-                    "only 'text' parts are.",
-                    param=f"{where}.content[{j}].type",
-                )
-    role = message.role
+            _check_part(f"{where}.content[{j}]", part, role)
     if message.content is None and role in ("system", "developer", "user", "tool"):
         raise InvalidRequest(f"A '{role}' message needs 'content'.", param=f"{where}.content")
     if role == "assistant" and message.content is None and not message.tool_calls:
@@ -201,6 +182,28 @@ def _check_message(i: int, message: ChatMessage) -> None:
     if message.tool_calls is not None and role != "assistant":
         raise InvalidRequest(
             "Only 'assistant' messages carry 'tool_calls'.", param=f"{where}.tool_calls"
+        )
+
+
+def _check_part(where: str, part: ContentPart, role: str) -> None:
+    if part.type == "text":
+        if part.text is None:
+            raise InvalidRequest("A 'text' content part needs 'text'.", param=f"{where}.text")
+    elif part.type == "image_url":
+        if part.image_url is None:
+            raise InvalidRequest(
+                "An 'image_url' content part needs 'image_url'.", param=f"{where}.image_url"
+            )
+        if role != "user":  # OpenAI's rule: images come from the user
+            raise InvalidRequest(
+                f"Only 'user' messages may carry images, not '{role}' messages.",
+                param=f"{where}.type",
+            )
+    else:
+        raise InvalidRequest(
+            f"Content parts of type '{part.type}' are not supported; only 'text' and "
+            "'image_url' parts are.",
+            param=f"{where}.type",
         )
 
 

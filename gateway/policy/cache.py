@@ -2,8 +2,11 @@
 
 What is cached and how requests are normalised into a key is in docs/auth-limits-cache.md.
 Unknown request fields stay in the key: one we do not understand might change the answer, and a
-missed hit is cheaper than a wrong one. Entries carry their absolute expiry, so a copy pulled from
-Redis into another process expires at the same moment. A Redis error is a miss, never an error.
+missed hit is cheaper than a wrong one. An image part is keyed by the SHA-256 of the image's
+bytes, never by its URL: the same picture as a data URL or fetched from anywhere is the same
+request, and an http URL whose picture changed is not. Entries carry their absolute expiry, so
+a copy pulled from Redis into another process expires at the same moment. A Redis error is a
+miss, never an error.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,9 +151,16 @@ def is_cacheable(request: Mapping[str, Any], cache_control: str | None = None) -
     return _is_number(temperature) and temperature == 0
 
 
-def cache_key(tenant: str | None, model: str, request: Mapping[str, Any]) -> str:
-    """A stable key (hex SHA-256) for `request` to `model` within `tenant`."""
-    normalised = _normalise(request)
+def cache_key(
+    tenant: str | None,
+    model: str,
+    request: Mapping[str, Any],
+    *,
+    image_hashes: Sequence[str] = (),
+) -> str:
+    """A stable key (hex SHA-256) for `request` to `model` within `tenant`; `image_hashes` are
+    the SHA-256 of each image part's bytes, in the order the parts appear in `messages`."""
+    normalised = _normalise(request, iter(image_hashes))
     material = orjson.dumps([_KEY_VERSION, tenant, model, normalised], option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(material).hexdigest()
 
@@ -244,7 +254,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _normalise(request: Mapping[str, Any]) -> dict[str, Any]:
+def _normalise(request: Mapping[str, Any], image_hashes: Iterator[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in request.items():
         if value is None or name in _IGNORED_FIELDS:
@@ -256,7 +266,9 @@ def _normalise(request: Mapping[str, Any]) -> dict[str, Any]:
             if all(isinstance(stop, str) for stop in stops):
                 value = sorted(set(stops))  # order of stop sequences cannot change the output
         elif name == "messages" and isinstance(value, Sequence):
-            value = [_normalise_message(m) if isinstance(m, Mapping) else m for m in value]
+            value = [
+                _normalise_message(m, image_hashes) if isinstance(m, Mapping) else m for m in value
+            ]
         if name in _DEFAULTS and _same(value, _DEFAULTS[name]):
             continue
         out[name] = value
@@ -265,9 +277,11 @@ def _normalise(request: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _normalise_message(message: Mapping[str, Any]) -> dict[str, Any]:
+def _normalise_message(message: Mapping[str, Any], image_hashes: Iterator[str]) -> dict[str, Any]:
     out = {name: value for name, value in message.items() if value is not None}
     content = out.get("content")
+    if isinstance(content, list):
+        content = out["content"] = [_normalise_part(part, image_hashes) for part in content]
     if (
         isinstance(content, list)
         and len(content) == 1
@@ -278,6 +292,23 @@ def _normalise_message(message: Mapping[str, Any]) -> dict[str, Any]:
     ):
         out["content"] = content[0]["text"]
     return out
+
+
+def _normalise_part(part: Any, image_hashes: Iterator[str]) -> Any:
+    if not isinstance(part, Mapping):
+        return part
+    part = {name: value for name, value in part.items() if value is not None}
+    if part.get("type") == "text":
+        part.pop("image_url", None)
+    elif part.get("type") == "image_url":
+        image = part.get("image_url")
+        detail = image.get("detail") if isinstance(image, Mapping) else None
+        sha256 = next(image_hashes, None)
+        if sha256 is None:  # a caller's bug: never fall back to keying by the URL
+            raise ValueError("an image part without its image hash")
+        part["image_url"] = {"sha256": sha256, "detail": detail or "auto"}
+        part.pop("text", None)
+    return part
 
 
 def _same(value: Any, default: Any) -> bool:

@@ -1,8 +1,9 @@
 """The `trtllm` route protocol: a `GenerationRequest` as `tensorrt_llm_bls`/`ensemble` tensors, and
 each streamed response as a `Delta`.
 
-Tensor names and types are those of NVIDIA's TensorRT-LLM backend (`inflight_batcher_llm`). Every
-input has a leading batch dimension of 1 because the routes are batched (`max_batch_size` > 0).
+Tensor names and types are those of NVIDIA's TensorRT-LLM backend (`inflight_batcher_llm`, and
+`multimodal` for `image_url_input`). Every input has a leading batch dimension of 1 because the
+routes are batched (`max_batch_size` > 0).
 Responses are read straight from the protobuf's raw contents: this runs once per generated token,
 and going through numpy object arrays would cost more than everything else on that path.
 """
@@ -64,6 +65,12 @@ def build_request(
     contents.append(_bytes((request.prompt,)))
     inputs.add(name="max_tokens", datatype="INT32", shape=_BATCH_OF_ONE)
     contents.append(_PACK["INT32"](p.max_tokens))
+    if request.images:
+        if accepts is not None and "image_url_input" not in accepts:
+            raise InvalidRequest(f"Model route '{route}' does not take images.", param="messages")
+        # NVIDIA's multimodal input: one `data:` URL per image, in placeholder order.
+        inputs.add(name="image_url_input", datatype="BYTES", shape=(1, len(request.images)))
+        contents.append(_bytes(request.images))
     for name, value, dtype, param, neutral in optional:
         # A neutral value is the routes' own default: not sending it saves the route's work.
         if value is None or value == neutral:

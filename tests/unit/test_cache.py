@@ -293,3 +293,44 @@ async def test_in_process_hit_including_key_costs_well_under_a_millisecond() -> 
         await cache.get(_key(CHAT))
         samples.append(time.perf_counter() - start)
     assert statistics.median(samples) < 0.0005
+
+
+def _image_chat(*urls: str, detail: str | None = None) -> dict:
+    parts: list[dict] = [{"type": "text", "text": "What is in this image?"}]
+    for url in urls:
+        image: dict = {"url": url} if detail is None else {"url": url, "detail": detail}
+        parts.append({"type": "image_url", "image_url": image})
+    return {**CHAT, "messages": [{"role": "user", "content": parts}]}
+
+
+def test_the_same_image_gives_the_same_key_whatever_its_url() -> None:
+    data = _image_chat("data:image/png;base64,AAAA")
+    fetched = _image_chat("https://example.com/red-circle.png", detail="auto")
+    assert cache_key("t", "m", data, image_hashes=["ab" * 32]) == cache_key(
+        "t", "m", fetched, image_hashes=["ab" * 32]
+    )
+
+
+def test_different_images_at_the_same_url_give_different_keys() -> None:
+    request = _image_chat("https://example.com/latest.png")
+    assert cache_key("t", "m", request, image_hashes=["ab" * 32]) != cache_key(
+        "t", "m", request, image_hashes=["cd" * 32]
+    )
+
+
+def test_image_order_and_detail_are_part_of_the_key() -> None:
+    two = _image_chat("data:,a", "data:,b")
+    assert cache_key("t", "m", two, image_hashes=["aa", "bb"]) != cache_key(
+        "t", "m", two, image_hashes=["bb", "aa"]
+    )
+    low = _image_chat("data:,a", detail="low")
+    assert cache_key("t", "m", low, image_hashes=["aa"]) != _key_with(["aa"], "data:,a")
+
+
+def test_an_image_part_without_its_hash_is_never_keyed_by_its_url() -> None:
+    with pytest.raises(ValueError, match="hash"):
+        cache_key("t", "m", _image_chat("https://example.com/a.png"))
+
+
+def _key_with(hashes: list[str], *urls: str) -> str:
+    return cache_key("t", "m", _image_chat(*urls), image_hashes=hashes)

@@ -105,3 +105,43 @@ def test_nested_sections_come_from_yaml_and_the_environment(
 def test_unknown_nested_key_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValidationError):
         load_settings(_config(tmp_path, "cache:\n  ttl: 5\n"))
+
+
+def test_image_defaults_refuse_private_addresses_and_redirects() -> None:
+    images = load_settings().images
+    assert (images.max_per_request, images.max_bytes, images.min_side) == (8, 10 * 2**20, 2)
+    assert images.formats == ["PNG", "JPEG", "WEBP", "GIF"] and images.allowed_domains == []
+    assert images.allow_http and not images.allow_private_addresses
+    assert not images.follow_redirects and images.max_redirects == 3
+
+
+def test_image_lists_from_the_environment_may_be_comma_separated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LOCALMOE_IMAGES__FORMATS", "png, jpeg")
+    monkeypatch.setenv("LOCALMOE_IMAGES__ALLOWED_DOMAINS", "example.com,*.cdn.example.org")
+    monkeypatch.setenv("LOCALMOE_IMAGES__ALLOW_PRIVATE_ADDRESSES", "true")
+    images = load_settings().images
+    assert images.formats == ["PNG", "JPEG"]
+    assert images.allowed_domains == ["example.com", "*.cdn.example.org"]
+    assert images.allow_private_addresses
+
+
+def test_an_image_format_the_guards_do_not_know_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="SVG"):
+        load_settings(_config(tmp_path, "images:\n  formats: [PNG, SVG]\n"))
+
+
+def test_the_chat_body_limit_admits_the_largest_images_as_base64() -> None:
+    from gateway.api.app import _chat_body_bytes
+
+    settings = load_settings()
+    images = settings.images
+    one = len("data:image/jpeg;base64,") + 4 * -(-images.max_bytes // 3)
+    assert images.request_bytes() >= images.max_per_request * one
+    assert _chat_body_bytes(settings) == settings.requests.max_body_bytes + images.request_bytes()
+
+
+def test_models_may_say_whether_they_take_images(tmp_path: Path) -> None:
+    settings = load_settings(_config(tmp_path, "models:\n  - id: m\n    vision: true\n"))
+    assert settings.models[0].vision is True and load_settings().images.max_per_request == 8

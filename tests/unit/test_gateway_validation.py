@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.core import validation
+from gateway.core.messages import chat_messages
 from gateway.core.protocol import ChatCompletionRequest, CompletionRequest
 from gateway.errors import ContextLengthExceeded, InvalidRequest
 from gateway.settings import RequestSettings
@@ -51,8 +52,12 @@ def completion(**fields: Any) -> CompletionRequest:
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "user"}]}, "messages[0].content"),
         (
-            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            {"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]},
             "messages[0].content[0].type",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            "messages[0].content[0].image_url",
         ),
     ],
 )
@@ -119,8 +124,21 @@ def test_sampling_options_carry_every_setting() -> None:
 
 def test_content_parts_are_joined_for_the_template() -> None:
     parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
-    messages = validation.chat_messages(chat(messages=[{"role": "user", "content": parts}]))
+    messages = chat_messages(chat(messages=[{"role": "user", "content": parts}]))
     assert messages == [{"role": "user", "content": "a\nb"}]
+
+
+def test_image_parts_become_template_parts_or_the_placeholder_inline() -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:,"}}
+    parts = [{"type": "text", "text": "a"}, image, {"type": "text", "text": "b"}]
+    request = chat(messages=[{"role": "user", "content": parts}])
+    as_parts = chat_messages(request, parts=True)[0]["content"]
+    assert as_parts == [
+        {"type": "text", "text": "a"},
+        {"type": "image"},
+        {"type": "text", "text": "b"},
+    ]
+    assert chat_messages(request, image_token="<|image|>")[0]["content"] == "a\n<|image|>\nb"
 
 
 def test_more_messages_than_max_messages_is_400() -> None:
@@ -171,7 +189,7 @@ def test_history_with_tool_calls_and_tool_results_is_accepted() -> None:
         ]
     )
     validation.check_chat(request, LIMITS)
-    messages = validation.chat_messages(request)
+    messages = chat_messages(request)
     assert messages[0]["role"] == "system"  # templates know `system`, not `developer`
     assert messages[2]["tool_calls"] == [call] and messages[3]["tool_call_id"] == "c1"
 
