@@ -68,15 +68,15 @@ async def fetch_image_bytes(url: str, policy: FetchPolicy, max_bytes: int) -> by
                 location = await _get(client, target, policy, max_bytes)
                 if isinstance(location, bytes):
                     return location
-                if not policy.follow_redirects or hop == policy.max_redirects:
+                if not policy.follow_redirects:
+                    raise ImageRefused("redirect", "The image URL redirects; redirects are off.")
+                if hop == policy.max_redirects:
                     break
                 target = _redirect_target(target, location, policy)
-            raise ImageRefused("redirect", "The image URL redirects, which is not followed.")
-    except TimeoutError:
+            raise ImageRefused("redirect", "The image URL redirects too many times.")
+    except (TimeoutError, httpx.TimeoutException):
         raise ImageRefused("timeout", "The image URL did not answer in time.") from None
-    except httpx.TimeoutException:
-        raise ImageRefused("timeout", "The image URL did not answer in time.") from None
-    except (httpx.HTTPError, OSError, ssl.SSLError):
+    except (httpx.HTTPError, httpx.InvalidURL, OSError):  # ssl.SSLError is an OSError
         raise ImageRefused("connect", "The image URL could not be fetched.") from None
 
 
