@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,6 +75,53 @@ def test_a_repository_filled_from_other_templates_is_refilled(
     ensure_default_repository(tiny_model_dir, tmp_path / "cpu", templates=copy)
     assert (out / "tensorrt_llm" / "config.pbtxt").stat().st_ino != before
     assert (out / "tensorrt_llm" / "1" / "model.py").resolve().is_relative_to(copy)
+
+
+def _checkpoint_copy(tiny_model_dir: Path, dest: Path, *, vision: bool) -> Path:
+    """The checkpoint files that filling reads, with or without a `vision/config.json`."""
+    dest.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_model_dir / name, dest / name)
+    if vision:
+        _add_vision(dest)
+    return dest
+
+
+def _add_vision(model_dir: Path) -> None:
+    (model_dir / "vision").mkdir()
+    (model_dir / "vision" / "config.json").write_text('{"image_token": "<|image|>"}')
+
+
+def test_only_a_vision_checkpoint_gets_the_image_models(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    vision = _checkpoint_copy(tiny_model_dir, tmp_path / "vlm", vision=True)
+    filled = fill_repository(tmp_path / "vision-repo", model_dir=vision)
+    assert (filled / "ensemble_multimodal" / "config.pbtxt").is_file()
+    encoder = filled / "multimodal_encoders"
+    assert (encoder / "1" / "model.py").resolve() == (
+        REPO_ROOT / "model_repository" / "multimodal_encoders" / "1" / "model.py"
+    )
+    assert (
+        'string_value: "multimodal_encoders"'
+        in (filled / "tensorrt_llm_bls" / "config.pbtxt").read_text()
+    )
+    text_only = _checkpoint_copy(tiny_model_dir, tmp_path / "llm", vision=False)
+    text = fill_repository(tmp_path / "text-repo", model_dir=text_only)
+    assert not (text / "multimodal_encoders").exists()
+    assert not (text / "ensemble_multimodal").exists()
+    assert 'string_value: ""' in (text / "tensorrt_llm_bls" / "config.pbtxt").read_text()
+
+
+def test_a_checkpoint_that_gains_a_vision_tower_is_refilled(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    model_dir = _checkpoint_copy(tiny_model_dir, tmp_path / "model", vision=False)
+    out = ensure_default_repository(model_dir, tmp_path / "cpu")
+    assert not (out / "multimodal_encoders").exists()
+    _add_vision(model_dir)
+    ensure_default_repository(model_dir, tmp_path / "cpu")
+    assert (out / "multimodal_encoders" / "config.pbtxt").is_file()
 
 
 def test_triton_serves_the_template_folder_filled_for_the_tiny_model(
