@@ -23,6 +23,8 @@ from pydantic_settings import (
 )
 
 DEFAULT_ROUTE = "tensorrt_llm_bls"
+TEXT_BODY_BYTES = 4 * 1024 * 1024
+"""The body limit when `requests.max_body_bytes` is unset (chat bodies get room for images)."""
 # A Triton gRPC target: `host:port`, `[ipv6]:port` or `dns:///name:port`.
 _TARGET = re.compile(r"(dns:///)?(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):\d{1,5}")
 
@@ -137,9 +139,10 @@ class TritonSettings(_Section):
 class RequestSettings(_Section):
     """Bounds on what one request may ask for: each refusal is a 400 (or 413) naming the field."""
 
-    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
-    """Larger bodies get 413 before they are parsed; `/v1/chat/completions` admits room on top
-    for `images.max_per_request` images of `images.max_bytes` as base64."""
+    max_body_bytes: int | None = Field(default=None, ge=1)
+    """Larger bodies get 413 before they are parsed. Unset: 4 MiB, and `/v1/chat/completions`
+    admits room on top for `images.max_per_request` images of `images.max_bytes` as base64;
+    set: the limit of every route, images included."""
     max_n: int = Field(default=16, ge=1)
     """Samples per prompt (`n`)."""
     max_stop: int = Field(default=4, ge=0)
@@ -166,8 +169,8 @@ class ImageSettings(_Section):
     max_per_request: int = Field(default=8, ge=0)
     """Images in one chat request (0: no images at all); more is 400 `too_many_images`."""
     max_bytes: int = Field(default=10 * 2**20, ge=1)
-    """Bytes of one image (decoded, or as fetched); the request body limit grows to admit
-    `max_per_request` images of this size as base64 (see `requests.max_body_bytes`)."""
+    """Bytes of one image (decoded, or as fetched); with `requests.max_body_bytes` unset the chat
+    body limit grows to admit `max_per_request` images of this size as base64."""
     max_pixels: int = Field(default=25_000_000, ge=1)
     """Width × height of one image, read from its header before it is decoded (decompression
     bombs)."""

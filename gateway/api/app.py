@@ -15,6 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from functools import partial
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware import Middleware
@@ -28,7 +29,7 @@ from gateway.api.reload import Reloader
 from gateway.core.catalogue import Catalogue
 from gateway.core.service import OpenAIService
 from gateway.policy.cache import ResponseCache
-from gateway.settings import Settings
+from gateway.settings import TEXT_BODY_BYTES, Settings
 from gateway.triton.backend import TritonBackend
 from gateway.triton.discovery import keep_discovering, repository_models
 from gateway.triton.pool import TritonPool
@@ -54,11 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
         # disconnect still reaches the route, which stops the Triton request.
         middleware=[
             Middleware(RequestContext, access_log_enabled=settings.access_log),
-            Middleware(
-                BodySizeLimit,
-                max_bytes=settings.requests.max_body_bytes,
-                per_path={"/v1/chat/completions": _chat_body_bytes(settings)},
-            ),
+            Middleware(BodySizeLimit, **body_limits(settings)),
         ],
         exception_handlers=error_responses.handlers(),
         # Our own Prometheus metrics cover requests; FastAPI's OpenTelemetry hooks would cost a
@@ -77,10 +74,15 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _chat_body_bytes(settings: Settings) -> int:
-    # Chat bodies may carry images as base64 data URLs: the text limit plus room for as many
-    # images of the largest size as a request may hold.
-    return settings.requests.max_body_bytes + settings.images.request_bytes()
+def body_limits(settings: Settings) -> dict[str, Any]:
+    """`BodySizeLimit`'s limits: the configured one on every route; unset, the text limit, and
+    on the chat route room for as many images of the largest size as a request may hold (they
+    travel as base64 data URLs)."""
+    given = settings.requests.max_body_bytes
+    if given is not None:
+        return {"max_bytes": given}
+    chat = TEXT_BODY_BYTES + settings.images.request_bytes()
+    return {"max_bytes": TEXT_BODY_BYTES, "per_path": {"/v1/chat/completions": chat}}
 
 
 def _lifespan(settings: Settings, access: Access) -> Lifespan:

@@ -46,7 +46,7 @@ _ERRORS = {
     "400": "Invalid request: the error's `param` names the parameter.",
     "401": "No valid bearer token.",
     "404": "Unknown model, or one the token does not allow (`model_not_found`).",
-    "413": "The body is over `requests.max_body_bytes` (chat: plus room for images).",
+    "413": "The body is over `requests.max_body_bytes` (unset: 4 MiB, chat more for images).",
     "429": "A requests- or tokens-per-minute limit (`Retry-After`).",
     "502": "Triton answered the request with an error.",
     "503": "No Triton upstream is ready, the gateway is overloaded or draining (`Retry-After`).",

@@ -132,14 +132,23 @@ def test_an_image_format_the_guards_do_not_know_is_an_error(tmp_path: Path) -> N
         load_settings(_config(tmp_path, "images:\n  formats: [PNG, SVG]\n"))
 
 
-def test_the_chat_body_limit_admits_the_largest_images_as_base64() -> None:
-    from gateway.api.app import _chat_body_bytes
+def test_the_default_chat_body_limit_admits_the_largest_images_as_base64() -> None:
+    from gateway.api.app import body_limits
 
     settings = load_settings()
     images = settings.images
     one = len("data:image/jpeg;base64,") + 4 * -(-images.max_bytes // 3)
     assert images.request_bytes() >= images.max_per_request * one
-    assert _chat_body_bytes(settings) == settings.requests.max_body_bytes + images.request_bytes()
+    limits = body_limits(settings)
+    assert limits["max_bytes"] == 4 * 2**20
+    assert limits["per_path"] == {"/v1/chat/completions": 4 * 2**20 + images.request_bytes()}
+
+
+def test_a_configured_body_limit_holds_on_every_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.api.app import body_limits
+
+    monkeypatch.setenv("LOCALMOE_REQUESTS__MAX_BODY_BYTES", "262144")
+    assert body_limits(load_settings()) == {"max_bytes": 262144}
 
 
 def test_models_may_say_whether_they_take_images(tmp_path: Path) -> None:
