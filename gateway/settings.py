@@ -168,7 +168,7 @@ class ImageSettings(_Section):
 
     max_per_request: int = Field(default=8, ge=0)
     """Images in one chat request (0: no images at all); more is 400 `too_many_images`."""
-    max_bytes: int = Field(default=10 * 2**20, ge=1)
+    max_bytes: int = Field(default=4 * 2**20, ge=1)
     """Bytes of one image (decoded, or as fetched); with `requests.max_body_bytes` unset the chat
     body limit grows to admit `max_per_request` images of this size as base64."""
     max_pixels: int = Field(default=25_000_000, ge=1)

@@ -30,7 +30,7 @@ FORMAT_MEDIA_TYPES = {fmt: media for media, fmt in MEDIA_TYPES.items()}
 class ImageLimits:
     """What one image may be. `max_pixels` is width × height read from the header."""
 
-    max_bytes: int = 10 * 2**20
+    max_bytes: int = 4 * 2**20
     max_pixels: int = 25_000_000
     min_side: int = 2
     """Smallest width and height: 1×1 images crashed vLLM's engine (CVE-2026-22773)."""

@@ -30,11 +30,15 @@ COMPLETIONS = "/completions"
 
 @pytest.fixture(scope="module")
 def capped_gateway(triton: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A gateway whose completions stop after 4 tokens (`requests.max_tokens`)."""
+    """A gateway whose completions stop after 4 tokens (`requests.max_tokens`), with a 4 MiB
+    body limit on every route (unset, the chat route has room for images on top)."""
     process = start_gateway(
         tmp_path_factory.mktemp("hostile"),
         triton_urls=[triton.grpc_url],
-        config={"requests": {"max_tokens": 4}, "cache": {"enabled": False}},
+        config={
+            "requests": {"max_tokens": 4, "max_body_bytes": 4 * 2**20},
+            "cache": {"enabled": False},
+        },
     )
     yield process
     stop_gateway(process)

@@ -109,7 +109,7 @@ def test_unknown_nested_key_is_an_error(tmp_path: Path) -> None:
 
 def test_image_defaults_refuse_private_addresses_and_redirects() -> None:
     images = load_settings().images
-    assert (images.max_per_request, images.max_bytes, images.min_side) == (8, 10 * 2**20, 2)
+    assert (images.max_per_request, images.max_bytes, images.min_side) == (8, 4 * 2**20, 2)
     assert images.formats == ["PNG", "JPEG", "WEBP", "GIF"] and images.allowed_domains == []
     assert images.allow_http and not images.allow_private_addresses
     assert not images.follow_redirects and images.max_redirects == 3
