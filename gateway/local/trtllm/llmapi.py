@@ -93,6 +93,7 @@ def plan(
         "tokenizer_dir": str(model_dir),
         "max_seq_len": str(seq),
         "llmapi_engine_model": "",
+        "llmapi_multimodal": "true" if multimodal else "false",
     }
     out_dir = out_dir.resolve()
     # One tritonserver; the LLM API starts its tp × pp workers itself (MpiPoolSession), which
