@@ -19,14 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.local import paths
-from gateway.local.repository import MODELS, profile_values
+from gateway.local.repository import MODELS, VISION_MODELS, profile_values
 from gateway.local.trtllm import fill
 from gateway.local.trtllm.families import Checkpoint, Family
 from gateway.local.trtllm.parallel import Parallelism
 
 TRTLLM_VERSION = "1.2.1"
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3"
-VISION_MODELS = ("multimodal_encoders", "ensemble_multimodal")
 
 
 class BuildError(RuntimeError):
@@ -144,7 +143,6 @@ def plan(
         "preprocessing_instance_count": "4",
         "postprocessing_instance_count": "4",
         "bls_instance_count": "1",
-        "multimodal_encoders_name": "multimodal_encoders" if vision else "",
     }
     engine_parameters = {
         # The C++ backend's names (inflight_batcher_llm/tensorrt_llm/config.pbtxt).
