@@ -105,7 +105,7 @@ FAMILIES: dict[str, Family] = {
 
 # Hugging Face vision-language MoE types that TensorRT-LLM's PyTorch backend serves with images
 # (the `llmapi` model's `image_url`, `triton_config.multimodal`).
-LLMAPI_VISION_TYPES = {"llama4": "Llama-4", "qwen3_vl_moe": "Qwen3-VL-MoE"}
+LLMAPI_VISION_TYPES = {"llama4": "Llama-4"}
 
 
 @dataclass(frozen=True)
