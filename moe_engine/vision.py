@@ -75,12 +75,12 @@ class VisionConfig:
         """The token count must follow from image size, patch size and the projector's merge."""
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError("image_mean and image_std need three values (RGB)")
-        patch = int(self.vision_config.get("patch_size", 0))
+        patch = tower_stride(self.vision_config)
         merge = int(self.projector.get("merge", 1))
         if patch <= 0 or self.image_size % (patch * merge):
             raise ValueError(
-                f"image_size {self.image_size} is not a multiple of patch_size {patch} x "
-                f"merge {merge}"
+                f"image_size {self.image_size} is not a multiple of the tower's stride {patch} "
+                f"x merge {merge}"
             )
         expected = (self.image_size // (patch * merge)) ** 2
         if expected != self.num_image_tokens:
@@ -103,7 +103,7 @@ class VisionModel(nn.Module):
         self.merge = int(config.projector.get("merge", 1))
         tower_config = _tower_config(config.vision_config)
         self.tower = AutoModel.from_config(tower_config)
-        width = tower_config.hidden_size * self.merge**2
+        width = tower_width(tower_config) * self.merge**2
         hidden = int(config.projector.get("hidden_size", config.text_hidden_size))
         self.projector = nn.Sequential(
             nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, config.text_hidden_size)
@@ -111,7 +111,10 @@ class VisionModel(nn.Module):
 
     def patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`[N, 3, S, S]` → the tower's last hidden state, `[N, patches, width]`."""
-        return self.tower(pixel_values=pixel_values).last_hidden_state
+        hidden = self.tower(pixel_values=pixel_values).last_hidden_state
+        if hidden.dim() == 4:  # a convolutional tower: [N, C, H, W] → [N, H*W, C]
+            hidden = hidden.flatten(2).transpose(1, 2)
+        return hidden
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.project(self.patch_features(pixel_values))
@@ -132,8 +135,6 @@ class VisionEncoder:
         self.config = config
         self.model = model.to(dtype).eval()
         self.dtype = dtype
-        self._mean = np.asarray(config.mean, dtype=np.float32)[:, None, None]
-        self._std = np.asarray(config.std, dtype=np.float32)[:, None, None]
 
     @classmethod
     def from_dir(cls, model_dir: Path, dtype: torch.dtype = torch.float32) -> VisionEncoder:
@@ -146,12 +147,7 @@ class VisionEncoder:
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """RGB, resized to S x S (aspect not kept, as SigLIP's processor), normalised: `[3,S,S]`."""
-        size = self.config.image_size
-        rgb = image.convert("RGB")
-        if rgb.size != (size, size):
-            rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
-        pixels = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
-        return ((pixels - self._mean) / self._std).astype(np.float32)
+        return preprocess_image(image, self.config)
 
     @torch.inference_mode()
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -168,6 +164,18 @@ class VisionEncoder:
         return self.model(pixel_values.to(self.dtype))
 
 
+def preprocess_image(image: Image.Image, config: VisionConfig) -> np.ndarray:
+    """The preprocessing every image gets, in training and in serving alike: `[3, S, S]`."""
+    size = config.image_size
+    rgb = image.convert("RGB")
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
+    pixels = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    mean = np.asarray(config.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(config.std, dtype=np.float32)[:, None, None]
+    return ((pixels - mean) / std).astype(np.float32)
+
+
 def is_vision_checkpoint(model_dir: Path) -> bool:
     """Whether the checkpoint carries a vision tower (`vision/config.json`)."""
     return (Path(model_dir) / VISION_DIR / "config.json").is_file()
@@ -180,37 +188,54 @@ def load_vision_config(model_dir: Path) -> VisionConfig:
 
 
 def tiny_vision_config(
-    text_hidden_size: int = 256,
-    *,
-    image_size: int = 64,
-    patch_size: int = 8,
-    merge: int = 2,
-    hidden_size: int = 128,
-    num_layers: int = 3,
-    num_heads: int = 4,
+    text_hidden_size: int = 256, *, tower: str = "resnet", image_size: int = 64
 ) -> VisionConfig:
-    """The tiny model's tower: SigLIP at toy scale; 64x64 images, 8x8 patches, 2x2 merged: F=16."""
-    tower = {
-        "model_type": "siglip_vision_model",
-        "hidden_size": hidden_size,
-        "intermediate_size": hidden_size * 2,
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": num_heads,
-        "num_channels": 3,
-        "image_size": image_size,
-        "patch_size": patch_size,
-        "hidden_act": "gelu_pytorch_tanh",
-        "layer_norm_eps": 1e-6,
-        "vision_use_head": False,  # the projector reads every patch; no pooled head
-    }
+    """The tiny model's tower at toy scale; 64x64 images give F=16 image tokens either way.
+
+    `resnet` (the default model's): a three-stage ResNet, stride 16, 4x4 outputs of 128
+    channels. `siglip`: a SigLIP ViT, 8x8 patches, each 2x2 block merged by the projector.
+    A ViT from scratch learns the drawn shapes several times slower than the ResNet on two
+    CPU cores (about 60% against 90% of shapes right after 300 warm-up steps), so the
+    default model uses the ResNet; the SigLIP form is kept for tests of the ViT path.
+    """
+    if tower == "resnet":
+        raw: dict[str, Any] = {
+            "model_type": "resnet",
+            "num_channels": 3,
+            "embedding_size": 32,
+            "hidden_sizes": [32, 64, 128],
+            "depths": [1, 1, 1],
+            "layer_type": "basic",
+            "hidden_act": "relu",
+            "downsample_in_first_stage": False,
+        }
+        merge = 1
+    elif tower == "siglip":
+        raw = {
+            "model_type": "siglip_vision_model",
+            "hidden_size": 96,
+            "intermediate_size": 192,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 3,
+            "num_channels": 3,
+            "image_size": image_size,
+            "patch_size": 8,
+            "hidden_act": "gelu_pytorch_tanh",
+            "layer_norm_eps": 1e-6,
+            "vision_use_head": False,  # the projector reads every patch; no pooled head
+        }
+        merge = 2
+    else:
+        raise ValueError(f"unknown tower {tower!r}; use 'resnet' or 'siglip'")
+    grid = image_size // (tower_stride(raw) * merge)
     config = VisionConfig(
         image_token=IMAGE_TOKEN,
-        num_image_tokens=(image_size // (patch_size * merge)) ** 2,
+        num_image_tokens=grid * grid,
         image_size=image_size,
         mean=DEFAULT_MEAN,
         std=DEFAULT_STD,
         text_hidden_size=text_hidden_size,
-        vision_config=tower,
+        vision_config=raw,
         projector={"type": "merge_mlp_gelu", "merge": merge, "hidden_size": text_hidden_size},
     )
     config.check()
@@ -221,7 +246,13 @@ def save_vision(model_dir: Path, config: VisionConfig, model: VisionModel) -> Pa
     """Write `model_dir/vision/{config.json,model.safetensors}` (float32); returns the folder."""
     folder = Path(model_dir) / VISION_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().float().contiguous().clone() for k, v in model.state_dict().items()}
+    state = {
+        name: (tensor.float() if tensor.is_floating_point() else tensor)
+        .detach()
+        .contiguous()
+        .clone()
+        for name, tensor in model.state_dict().items()
+    }
     save_file(dict(sorted(state.items())), folder / "model.safetensors", metadata={"format": "pt"})
     text = json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
     (folder / "config.json").write_text(text, encoding="utf-8")
@@ -229,15 +260,28 @@ def save_vision(model_dir: Path, config: VisionConfig, model: VisionModel) -> Pa
 
 
 def save_random_vision(
-    model_dir: Path, *, text_hidden_size: int = 256, seed: int = 0, **tower: int
+    model_dir: Path, *, text_hidden_size: int = 256, seed: int = 0, tower: str = "resnet"
 ) -> VisionConfig:
     """A random-weight tower in `model_dir/vision`, for tests of everything but image quality."""
-    config = tiny_vision_config(text_hidden_size, **tower)
+    config = tiny_vision_config(text_hidden_size, tower=tower)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = VisionModel(config)
     save_vision(model_dir, config, model)
     return config
+
+
+def tower_stride(raw: dict[str, Any]) -> int:
+    """Input pixels per output position along a side: the patch size of a ViT-style tower;
+    a ResNet's stem (4) doubled by every stage after the first."""
+    if raw.get("model_type") == "resnet":
+        return 4 * 2 ** (len(raw.get("hidden_sizes", ())) - 1)
+    return int(raw.get("patch_size", 0))
+
+
+def tower_width(config: PretrainedConfig) -> int:
+    sizes = getattr(config, "hidden_sizes", None)
+    return int(sizes[-1]) if sizes else int(config.hidden_size)
 
 
 def _tower_config(raw: dict[str, Any]) -> PretrainedConfig:

@@ -9,23 +9,28 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from moe_build.corpus import ENDOFTEXT, IM_END, IM_START
+from moe_engine.vision import IMAGE_TOKEN
 
-# Ids 0, 1, 2 in this order; the rest of the stack reads them from the saved files.
-SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
+# Ids 0, 1, 2, 3 in this order; the rest of the stack reads them from the saved files.
+SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END, IMAGE_TOKEN)
 
-# ChatML as Qwen writes it. List content (OpenAI "parts") keeps its text parts joined by
-# newlines, as vLLM does; a null content (tool-call turns) renders as empty.
+# ChatML as Qwen writes it. List content (OpenAI "parts") keeps its text parts, and an image
+# part (`image`, or OpenAI's `image_url`) becomes one <|image|>, joined by newlines as vLLM
+# does; other part types are dropped; a null content (tool-call turns) renders as empty.
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
     "{%- if message['content'] is string -%}"
-    "{%- set content = message['content'] -%}"
-    "{%- elif message['content'] is none -%}"
-    "{%- set content = '' -%}"
-    "{%- else -%}"
-    "{%- set content = message['content'] | selectattr('type', 'equalto', 'text')"
-    " | map(attribute='text') | join('\\n') -%}"
+    "{{- message['content'] -}}"
+    "{%- elif message['content'] is not none -%}"
+    "{%- for part in message['content'] | selectattr('type', 'in', ['text', 'image', 'image_url'])"
+    " -%}"
+    "{%- if not loop.first -%}{{- '\\n' -}}{%- endif -%}"
+    "{%- if part['type'] == 'text' -%}{{- part['text'] -}}"
+    "{%- else -%}{{- '" + IMAGE_TOKEN + "' -}}{%- endif -%}"
+    "{%- endfor -%}"
     "{%- endif -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' -}}"
+    "{{- '<|im_end|>\\n' -}}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}"
     "{{- '<|im_start|>assistant\\n' -}}"
@@ -68,7 +73,8 @@ def save_tokenizer(tokenizer: Tokenizer, out_dir: Path, *, model_max_length: int
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "added_tokens_decoder": added_tokens_decoder,
-        "additional_special_tokens": [IM_START, IM_END],
+        "additional_special_tokens": [IM_START, IM_END, IMAGE_TOKEN],
+        "image_token": IMAGE_TOKEN,
         "bos_token": None,
         "eos_token": IM_END,
         "pad_token": ENDOFTEXT,
@@ -83,7 +89,7 @@ def save_tokenizer(tokenizer: Tokenizer, out_dir: Path, *, model_max_length: int
         "chat_template": CHAT_TEMPLATE,
     }
     special_tokens_map = {
-        "additional_special_tokens": [IM_START, IM_END],
+        "additional_special_tokens": [IM_START, IM_END, IMAGE_TOKEN],
         "eos_token": IM_END,
         "pad_token": ENDOFTEXT,
     }

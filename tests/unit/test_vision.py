@@ -40,7 +40,7 @@ def test_a_folder_with_vision_config_is_a_vision_checkpoint(model_dir: Path, tmp
 def test_config_json_has_the_fixed_layout(model_dir: Path):
     raw = json.loads((model_dir / "vision" / "config.json").read_text())
 
-    assert raw["vision_config"]["model_type"] == "siglip_vision_model"
+    assert raw["vision_config"]["model_type"] == "resnet"
     assert raw["image_token"] == IMAGE_TOKEN
     assert raw["num_image_tokens"] == 16
     assert raw["image_size"] == 64
@@ -95,6 +95,14 @@ def test_images_in_a_batch_are_encoded_independently(encoder: VisionEncoder):
     torch.testing.assert_close(together[1:], alone, rtol=1e-4, atol=1e-5)
 
 
+def test_a_siglip_tower_gives_the_same_token_count(tmp_path: Path):
+    save_random_vision(tmp_path, tower="siglip")
+    encoder = VisionEncoder.from_dir(tmp_path)
+
+    assert encoder.config.vision_config["model_type"] == "siglip_vision_model"
+    assert encoder.encode(torch.randn(2, 3, 64, 64)).shape == (2, 16, 256)
+
+
 def test_random_checkpoint_round_trips_bit_exactly(tmp_path: Path):
     save_random_vision(tmp_path, seed=3)
     first = VisionEncoder.from_dir(tmp_path)
@@ -120,3 +128,59 @@ def test_config_whose_token_count_contradicts_the_tower_is_refused():
 
     with pytest.raises(ValueError, match="num_image_tokens"):
         VisionConfig.from_dict(raw)
+
+
+def test_a_drawn_shape_is_the_same_picture_for_the_same_seed():
+    from moe_build.shapes import draw_shape
+
+    first = draw_shape("red", "circle", size=(96, 80), seed=7)
+    again = draw_shape("red", "circle", size=(96, 80), seed=7)
+    other = draw_shape("red", "circle", size=(96, 80), seed=8)
+
+    assert first.size == (96, 80) and first.mode == "RGB"
+    assert first.tobytes() == again.tobytes()
+    assert first.tobytes() != other.tobytes()
+
+
+def test_random_images_cover_every_colour_and_shape_deterministically():
+    from moe_build.shapes import COLOURS, SHAPES, random_images
+
+    images = random_images(36, seed=1)
+    again = random_images(36, seed=1)
+
+    pairs = [(d.colour, d.shape) for d in images]
+    assert sorted(set(pairs)) == sorted((c, s) for c in COLOURS for s in SHAPES)
+    assert all(pairs.count(pair) == 2 for pair in set(pairs))
+    assert pairs == [(d.colour, d.shape) for d in again]
+    assert [d.image.tobytes() for d in images] == [d.image.tobytes() for d in again]
+    assert len({d.image.size for d in images}) > 10  # images of many sizes
+
+
+def test_a_drawn_shape_covers_a_quarter_to_two_thirds_of_the_shorter_side():
+    from moe_build.shapes import random_images
+
+    for drawn in random_images(18, seed=2):
+        rows, cols = np.nonzero(drawn.coverage > 0.5)
+        extent = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
+        assert 2 <= extent <= 13, (drawn.colour, drawn.shape, extent)  # of a 16-cell grid
+
+
+def test_chat_template_renders_image_parts_as_the_image_token():
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from moe_build.tokenizer import CHAT_TEMPLATE
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    parts = [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        {"type": "text", "text": "What is in this image?"},
+        {"type": "image"},
+    ]
+
+    prompt = env.from_string(CHAT_TEMPLATE).render(
+        messages=[{"role": "user", "content": parts}], add_generation_prompt=True
+    )
+
+    assert prompt == (
+        "<|im_start|>user\n<|image|>\nWhat is in this image?\n<|image|><|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
