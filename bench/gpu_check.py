@@ -36,6 +36,7 @@ from moe_engine.weights import LayerWeights, ModelWeights, MoEWeights
 # Nominal HBM bandwidth by device name (bytes/s); others are measured with a copy.
 HBM = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12, "B200": 8.0e12}
 CONTEXT = 256  # tokens already in each sequence's KV cache while decoding
+MAX_BATCH = 256
 
 
 def shapes(smoke: bool) -> dict[str, dict]:
@@ -135,9 +136,14 @@ def random_model(c: ModelConfig, device: torch.device, dtype: torch.dtype, seq: 
 
 
 def on_device(model: MoEModel, device: torch.device) -> MoEModel:
-    """Move the model's own tables (built on the CPU) next to its weights."""
+    """Move the model's own tables (built on the CPU) next to its weights.
+
+    `decode` also takes its (slot, kv head) row numbers from `_positions`, which holds
+    `max_seq_len` entries: a batch of 256 needs 256 x kv_heads of them.
+    """
     model._cos, model._sin = model._cos.to(device), model._sin.to(device)
-    model._positions = model._positions.to(device)
+    rows = max(model.max_seq_len, MAX_BATCH * model.config.num_kv_heads)
+    model._positions = torch.arange(rows, device=device)
     model.expert_counts = model.expert_counts.to(device)
     return model
 

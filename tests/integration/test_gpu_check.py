@@ -37,3 +37,14 @@ def test_the_byte_model_counts_the_published_parameters(
     assert s.total / 1e9 == pytest.approx(total, abs=0.1)
     per_token = s.dense + config.num_layers * config.num_experts_per_tok * s.expert
     assert per_token / 1e9 == pytest.approx(active, abs=0.1)
+
+
+def test_a_batch_of_256_decodes_with_more_rows_than_cached_positions() -> None:
+    # 256 sequences x 2 key/value heads outnumber the 264 positions each slot caches.
+    import torch
+
+    config = ModelConfig.from_dict(gpu_check.shapes(True)["mixtral-toy"])
+    model = gpu_check.random_model(
+        config, torch.device("cpu"), torch.float32, gpu_check.CONTEXT + 8
+    )
+    assert gpu_check.time_decode(model, 256, False, 1, torch.device("cpu")) > 0
