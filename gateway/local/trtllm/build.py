@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.local.trtllm import engine, llmapi
-from gateway.local.trtllm.families import read_checkpoint, require
-from gateway.local.trtllm.parallel import resolve
+from gateway.local.trtllm.families import Checkpoint, Family, read_checkpoint, require
+from gateway.local.trtllm.parallel import Parallelism, resolve
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,15 @@ def build(
     return _llmapi(request, checkpoint, split, log)
 
 
-def _engine(request, checkpoint, family, split, log, tensorrt_llm, runner) -> Path | None:
+def _engine(
+    request: Request,
+    checkpoint: Checkpoint,
+    family: Family,
+    split: Parallelism,
+    log: Callable[[str], None],
+    tensorrt_llm: str | bool | None,
+    runner: Callable[[Sequence[str]], int] | None,
+) -> Path | None:
     options = engine.EngineOptions(
         max_batch_size=request.max_batch_size,
         max_seq_len=request.max_seq_len,
@@ -129,7 +137,9 @@ def _engine(request, checkpoint, family, split, log, tensorrt_llm, runner) -> Pa
     return out
 
 
-def _llmapi(request, checkpoint, split, log) -> Path | None:
+def _llmapi(
+    request: Request, checkpoint: Checkpoint, split: Parallelism, log: Callable[[str], None]
+) -> Path | None:
     options = llmapi.LlmapiOptions(
         max_batch_size=request.max_batch_size,
         max_seq_len=request.max_seq_len,
