@@ -18,6 +18,7 @@ and the variants replace its `_moe` method on the instance.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -27,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from bench.moe_dispatch import VARIANTS
 from moe_engine.config import ModelConfig
 from moe_engine.model import MoEModel
 from moe_engine.weights import LayerWeights, ModelWeights, MoEWeights
@@ -148,59 +149,6 @@ def on_device(model: MoEModel, device: torch.device) -> MoEModel:
     return model
 
 
-# Expert dispatch without host syncs, so that CUDA graphs can capture a decode step.
-def moe_dense(self: MoEModel, i: int, moe: MoEWeights, h: torch.Tensor) -> torch.Tensor:
-    """Every expert on every token, weighted by the router (0 for the unchosen)."""
-    probs = F.softmax(h @ moe.router, dim=-1, dtype=torch.float32)
-    weights, experts = probs.topk(self.config.num_experts_per_tok, dim=-1)
-    if self.config.norm_topk_prob:
-        weights /= weights.sum(dim=-1, keepdim=True)
-    dense = torch.zeros_like(probs).scatter_(1, experts, weights).to(h.dtype)  # [n, E]
-    gate, up = torch.matmul(h[None], moe.gate_up).chunk(2, dim=-1)  # [E, n, I]
-    out = torch.matmul(F.silu(gate) * up, moe.down)  # [E, n, H]
-    return (out * dense.t()[:, :, None]).sum(0)
-
-
-def moe_gather(self: MoEModel, i: int, moe: MoEWeights, h: torch.Tensor) -> torch.Tensor:
-    """Each token's top-k experts' weights gathered (reads only active experts; small batches)."""
-    probs = F.softmax(h @ moe.router, dim=-1, dtype=torch.float32)
-    weights, experts = probs.topk(self.config.num_experts_per_tok, dim=-1)
-    if self.config.norm_topk_prob:
-        weights /= weights.sum(dim=-1, keepdim=True)
-    gate_up, down = moe.gate_up[experts], moe.down[experts]  # [n, k, H, 2I], [n, k, I, H]
-    gate, up = torch.matmul(h[:, None, None], gate_up).chunk(2, dim=-1)
-    out = torch.matmul(F.silu(gate) * up, down)[:, :, 0]  # [n, k, H]
-    return (out * weights.to(h.dtype)[:, :, None]).sum(1)
-
-
-def moe_grouped(self: MoEModel, i: int, moe: MoEWeights, h: torch.Tensor) -> torch.Tensor:
-    """Tokens sorted by expert, one grouped GEMM per projection (`torch._grouped_mm`)."""
-    k = self.config.num_experts_per_tok
-    probs = F.softmax(h @ moe.router, dim=-1, dtype=torch.float32)
-    weights, experts = probs.topk(k, dim=-1)
-    if self.config.norm_topk_prob:
-        weights /= weights.sum(dim=-1, keepdim=True)
-    flat = experts.view(-1)
-    order = flat.argsort(stable=True)
-    token_of = order // k
-    # Not torch.bincount: on CUDA it reads the input's maximum on the host (a sync).
-    counts = torch.zeros(self.config.num_experts, dtype=torch.int64, device=h.device)
-    ends = counts.scatter_add_(0, flat, torch.ones_like(flat)).cumsum(0).to(torch.int32)
-    xs = h.index_select(0, token_of)
-    gate, up = torch._grouped_mm(xs, moe.gate_up, offs=ends).chunk(2, dim=-1)
-    ys = torch._grouped_mm(F.silu(gate) * up, moe.down, offs=ends)
-    ys = ys * weights.view(-1)[order, None].to(h.dtype)
-    return torch.zeros_like(h).index_add_(0, token_of, ys)
-
-
-VARIANTS: dict[str, Callable | None] = {
-    "engine": None,  # moe_engine's own: sort, then a loop over the experts that got tokens
-    "gather": moe_gather,
-    "dense": moe_dense,
-    "grouped": moe_grouped,
-}
-
-
 def time_decode(model: MoEModel, batch: int, graphs: bool, steps: int, device: torch.device):
     """Seconds per decode step at `batch`, eager or replaying a captured CUDA graph."""
     cache = model.new_cache(batch)
@@ -272,7 +220,7 @@ def agreement(device: torch.device, smoke: bool, log: Callable[[str], None]) -> 
     torch.manual_seed(0)
     cpu = random_model(c, torch.device("cpu"), torch.float32, 128)
     with torch.device(device):  # the very same weights
-        other = on_device(MoEModel(c, _weights_to(cpu.w, device), 128), device)
+        other = on_device(MoEModel(c, _weights_to(cpu.w, device), 128), device)  # type: ignore[arg-type]
     prompt = torch.randint(0, c.vocab_size, (12,))
     runs = {}
     for name, model, dev in (("cpu", cpu, torch.device("cpu")), (device.type, other, device)):
@@ -294,27 +242,16 @@ def _greedy(model: MoEModel, prompt: torch.Tensor, new_tokens: int) -> list[int]
     return tokens
 
 
-def _weights_to(w: ModelWeights, device: torch.device) -> ModelWeights:
-    def mv(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.to(device)
-
-    layers = [
-        LayerWeights(
-            input_norm=mv(x.input_norm),
-            post_attention_norm=mv(x.post_attention_norm),
-            qkv=mv(x.qkv),
-            qkv_bias=None,
-            o_proj=mv(x.o_proj),
-            qk_norm=mv(x.qk_norm),
-            moe=MoEWeights(router=mv(x.moe.router), gate_up=mv(x.moe.gate_up), down=mv(x.moe.down))
-            if x.moe
-            else None,
-            mlp=None,
-        )
-        for x in w.layers
-    ]
-    return ModelWeights(embed=mv(w.embed), layers=layers, final_norm=mv(w.final_norm),
-                        lm_head=mv(w.lm_head))  # fmt: skip
+def _weights_to(w: object, device: torch.device) -> object:
+    """A copy of the weights dataclasses with every tensor on `device`."""
+    if isinstance(w, torch.Tensor):
+        return w.to(device)
+    if isinstance(w, list):
+        return [_weights_to(x, device) for x in w]
+    if dataclasses.is_dataclass(w):
+        fields = {f.name: _weights_to(getattr(w, f.name), device) for f in dataclasses.fields(w)}
+        return type(w)(**fields)
+    return w
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
