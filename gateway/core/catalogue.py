@@ -27,7 +27,8 @@ from gateway.settings import DEFAULT_ROUTE, ModelSettings, Settings
 
 log = logging.getLogger("localmoe.models")
 
-_FALLBACK_ROUTE = "ensemble"
+# Without the BLS: NVIDIA's ensemble, else a GPU `trtllm-llmapi` repository's only model.
+_FALLBACK_ROUTES = ("ensemble", "tensorrt_llm")
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
 _VISION_CONFIG = "vision/config.json"
 
@@ -105,8 +106,8 @@ class Catalogue:
         waiting = []
         for entry in self._pending:
             route = entry.route
-            if route == DEFAULT_ROUTE and route not in repository and _FALLBACK_ROUTE in repository:
-                route = _FALLBACK_ROUTE
+            if route == DEFAULT_ROUTE and route not in repository:
+                route = next((r for r in _FALLBACK_ROUTES if r in repository), route)
             if route not in repository:
                 log.warning("route %s is not loaded on Triton yet", route)
                 waiting.append(entry)
@@ -119,7 +120,12 @@ class Catalogue:
                     "route %s has no tokenizer_dir parameter; set models[].tokenizer_dir", route
                 )
                 continue
-            vision = bool(repository[route].get("multimodal_encoders_name"))
+            # The BLS names its encoder (NVIDIA's parameter); the llmapi model says `multimodal`.
+            config = repository[route]
+            vision = (
+                bool(config.get("multimodal_encoders_name"))
+                or config.get("multimodal", "").lower() == "true"
+            )
             await self._add(model_id, route, Path(tokenizer_dir), entry, vision=vision)
         self._pending = waiting
 

@@ -13,7 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.core.backend import Delta, GenerationRequest
 from gateway.errors import UpstreamUnavailable
-from gateway.triton import adapter
+from gateway.triton import adapter, llmapi
 from gateway.triton.discovery import RouteTensors, route_tensors
 from gateway.triton.pool import TritonPool
 
@@ -26,7 +26,9 @@ _NO_OP_SWITCHES = frozenset(
 
 
 class TritonBackend:
-    """Streams `trtllm`-protocol routes (`tensorrt_llm_bls`, `ensemble`) through a `TritonPool`."""
+    """Streams generations through a `TritonPool` on `trtllm`-protocol routes
+    (`tensorrt_llm_bls`, `ensemble`) and on NVIDIA's LLM-API model (`llmapi`), told apart by the
+    tensors a route declares."""
 
     def __init__(self, pool: TritonPool):
         self.pool = pool
@@ -48,10 +50,17 @@ class TritonBackend:
     def _stream(
         self, route: str, request: GenerationRequest, tensors: RouteTensors
     ) -> AsyncGenerator[Delta, None]:
+        key = request.affinity or request.prompt[: self.pool.settings.affinity_prefix_chars]
+        if llmapi.speaks_llmapi(tensors.inputs):
+            # NVIDIA's LLM-API model: its own tensors, cumulative text; it takes `stop` by id.
+            infer = llmapi.build_request(route, request, tensors.inputs)
+            stop = partial(llmapi.build_stop, route)
+            return llmapi.deltas(
+                self.pool.stream(infer, parse=llmapi.parse, stop=stop, affinity_key=key)
+            )
         infer = adapter.build_request(route, request, tensors.inputs)
         # Routes that take `stop` share streams and are stopped by id; others get their own RPC.
         stop = partial(adapter.build_stop, route) if "stop" in tensors.inputs else None
-        key = request.affinity or request.prompt[: self.pool.settings.affinity_prefix_chars]
         stream = self.pool.stream(infer, parse=adapter.parse, stop=stop, affinity_key=key)
         if "finish_reason" in tensors.outputs:
             return stream
