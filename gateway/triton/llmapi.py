@@ -63,7 +63,7 @@ def build_request(
 ) -> service_pb2.ModelInferRequest:
     """The Triton request for one generation on an llmapi route that declares `accepts`.
 
-    Always streamed (one response per generated token is what counts output tokens); a sampling
+    Always streamed (the responses are what counts output tokens: see `deltas`); a sampling
     setting the route has no tensor for is a 400 rather than silently ignored.
     """
     p = request.params
@@ -152,18 +152,21 @@ def perf_metrics(response: service_pb2.ModelInferResponse) -> dict[str, float]:
 
 
 async def deltas(stream: AsyncIterator[Delta]) -> AsyncGenerator[Delta, None]:
-    """The gateway's deltas from an llmapi stream: new text only, and the output tokens so far
-    (one response per generated token).
+    """The gateway's deltas from an llmapi stream: new text only, and the output tokens so far.
+
+    The llmapi model reports no token counts. It streams one response per generation step, so
+    the steps that added text are counted: the end token's step adds none (as the trtllm routes
+    leave the end token out), and neither does a token that ends mid-character, which makes the
+    count a slight undercount for text of multi-byte characters.
 
     Cumulative text is what 1.2 sends; should a release send deltas, the second response with
     text tells: cumulative text starts with everything sent before it.
     """
     sent = ""
     cumulative: bool | None = None
-    responses = 0
+    steps = 0
     async with aclosing(stream):  # type: ignore[type-var]
         async for delta in stream:
-            responses += 1
             text = delta.text
             if text and sent and cumulative is None:
                 cumulative = text.startswith(sent)
@@ -173,7 +176,8 @@ async def deltas(stream: AsyncIterator[Delta]) -> AsyncGenerator[Delta, None]:
                 # A text that lost its tail (never seen) must not take back what was sent.
                 new = text[len(sent) :]
                 sent = text if len(text) > len(sent) else sent
-            yield dataclasses.replace(delta, text=new, num_output_tokens=responses)
+            steps += bool(new)
+            yield dataclasses.replace(delta, text=new, num_output_tokens=steps)
 
 
 def _add(infer: service_pb2.ModelInferRequest, name: str, dtype: str, value: object) -> None:

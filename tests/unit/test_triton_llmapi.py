@@ -177,11 +177,11 @@ def test_a_release_that_sends_deltas_is_recognised() -> None:
     assert "".join(d.text for d in out) == "Hello!"
 
 
-def test_empty_responses_keep_their_place() -> None:
-    # A response for a token that ends mid-character carries no new text.
-    out = asyncio.run(_collect(["", "caf", "caf", "café"]))
+def test_steps_that_add_no_text_are_not_counted() -> None:
+    # A token that ends mid-character, and the end token's step, add no text.
+    out = asyncio.run(_collect(["", "caf", "caf", "café", "café"]))
     assert "".join(d.text for d in out) == "café"
-    assert out[-1].num_output_tokens == 4
+    assert [d.num_output_tokens for d in out] == [0, 1, 1, 2, 2]
 
 
 def test_the_protocol_is_told_by_the_declared_inputs() -> None:
