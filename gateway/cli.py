@@ -91,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     gpu.add_argument("--engine-dir", type=Path, default=None, help="where the engine goes")
     gpu.add_argument(
+        "--max-images",
+        type=_positive_int,
+        default=1,
+        help="images per request a vision engine's prompt table holds (engine profile)",
+    )
+    gpu.add_argument(
         "--dry-run", action="store_true", help="print what would be written and run; do nothing"
     )
     repo.set_defaults(func=_cmd_build_repository)
@@ -220,6 +226,7 @@ def _cmd_build_repository(args: argparse.Namespace) -> int:
         kv_cache_reuse=not args.no_kv_cache_reuse,
         trtllm_src=args.trtllm_src,
         engine_dir=args.engine_dir,
+        max_images=args.max_images,
         dry_run=args.dry_run,
     )
     try:

@@ -405,3 +405,16 @@ def test_a_newer_tensorrt_llm_is_refused_for_the_engine_path(
     )
     with pytest.raises(engine.BuildError, match=r"1\.2\.1"):
         build(request, log=lambda _: None, tensorrt_llm="1.3.0", runner=lambda _: 0)
+
+
+def test_the_prompt_table_holds_the_images_per_request_asked_for(
+    checkpoints: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    argv = ["build", "repository", "--profile", "trtllm-engine", "--dry-run", "--max-images", "4"]
+    argv += ["--model-dir", str(checkpoints["vision"]), "--out", str(tmp_path / "r")]
+    argv += ["--max-batch-size", "8"]
+    assert main(argv) == 0
+    # 8 sequences x 4 images x 16 features.
+    assert "--max_prompt_embedding_table_size 512" in capsys.readouterr().out.replace(
+        " \\\n  ", " "
+    )

@@ -38,6 +38,7 @@ class Request:
     kv_cache_reuse: bool = True
     trtllm_src: Path = Path("TensorRT-LLM")
     engine_dir: Path | None = None
+    max_images: int = 1
     dry_run: bool = False
 
 
@@ -97,6 +98,7 @@ def _engine(
         kv_cache_reuse=request.kv_cache_reuse,
         trtllm_src=request.trtllm_src,
         engine_dir=request.engine_dir,
+        max_images=request.max_images,
     )
     the_plan = engine.plan(checkpoint, family, split, options, request.out_dir)
     for note in the_plan.notes:
