@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     gpu.add_argument("--no-kv-cache-reuse", action="store_true", help="disable KV-cache reuse")
     gpu.add_argument(
+        "--max-kv-cache-tokens",
+        type=_positive_int,
+        default=None,
+        help="cap the KV cache at this many tokens (default: the memory fraction decides)",
+    )
+    gpu.add_argument(
         "--trtllm-src",
         type=Path,
         default=Path("TensorRT-LLM"),
@@ -224,6 +230,7 @@ def _cmd_build_repository(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         kv_cache_fraction=args.kv_cache_fraction,
         kv_cache_reuse=not args.no_kv_cache_reuse,
+        max_kv_cache_tokens=args.max_kv_cache_tokens,
         trtllm_src=args.trtllm_src,
         engine_dir=args.engine_dir,
         max_images=args.max_images,

@@ -418,3 +418,20 @@ def test_the_prompt_table_holds_the_images_per_request_asked_for(
     assert "--max_prompt_embedding_table_size 512" in capsys.readouterr().out.replace(
         " \\\n  ", " "
     )
+
+
+def test_a_kv_cache_cap_reaches_the_backend_and_the_llm_api(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    out, _ = _build(
+        "trtllm-engine", checkpoints["mixtral"], tmp_path / "e", max_kv_cache_tokens=65536
+    )
+    assert out is not None
+    params = _configs(out)["tensorrt_llm"].parameters
+    assert params["max_tokens_in_paged_kv_cache"].string_value == "65536"
+    out, _ = _build(
+        "trtllm-llmapi", checkpoints["mixtral"], tmp_path / "l", max_kv_cache_tokens=65536
+    )
+    assert out is not None
+    args = yaml.safe_load((out / "tensorrt_llm" / "1" / "model.yaml").read_text())
+    assert args["kv_cache_config"]["max_tokens"] == 65536

@@ -36,6 +36,7 @@ class Request:
     dtype: str | None = None
     kv_cache_fraction: float = 0.9
     kv_cache_reuse: bool = True
+    max_kv_cache_tokens: int | None = None
     trtllm_src: Path = Path("TensorRT-LLM")
     engine_dir: Path | None = None
     max_images: int = 1
@@ -96,6 +97,7 @@ def _engine(
         dtype=request.dtype,
         kv_cache_free_gpu_mem_fraction=request.kv_cache_fraction,
         kv_cache_reuse=request.kv_cache_reuse,
+        max_tokens_in_paged_kv_cache=request.max_kv_cache_tokens,
         trtllm_src=request.trtllm_src,
         engine_dir=request.engine_dir,
         max_images=request.max_images,
@@ -148,6 +150,7 @@ def _llmapi(
         max_num_tokens=request.max_num_tokens,
         kv_cache_free_gpu_mem_fraction=request.kv_cache_fraction,
         kv_cache_reuse=request.kv_cache_reuse,
+        max_kv_cache_tokens=request.max_kv_cache_tokens,
         trtllm_src=request.trtllm_src,
     )
     the_plan = llmapi.plan(checkpoint, split, options, request.out_dir)

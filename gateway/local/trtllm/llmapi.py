@@ -35,6 +35,7 @@ class LlmapiOptions:
     max_num_tokens: int = 8192
     kv_cache_free_gpu_mem_fraction: float = 0.9
     kv_cache_reuse: bool = True
+    max_kv_cache_tokens: int | None = None
     trtllm_src: Path = Path("TensorRT-LLM")
     """A TensorRT-LLM checkout whose triton_backend/all_models/llmapi model is copied."""
 
@@ -83,6 +84,7 @@ def plan(
         "kv_cache_config": {
             "free_gpu_memory_fraction": options.kv_cache_free_gpu_mem_fraction,
             "enable_block_reuse": options.kv_cache_reuse,
+            **({"max_tokens": options.max_kv_cache_tokens} if options.max_kv_cache_tokens else {}),
         },
         "triton_config": triton_config,
     }
