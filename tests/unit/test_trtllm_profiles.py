@@ -435,3 +435,10 @@ def test_a_kv_cache_cap_reaches_the_backend_and_the_llm_api(
     assert out is not None
     args = yaml.safe_load((out / "tensorrt_llm" / "1" / "model.yaml").read_text())
     assert args["kv_cache_config"]["max_tokens"] == 65536
+
+
+def test_a_kv_cache_fraction_outside_zero_to_one_is_refused(
+    checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="kv-cache-fraction"):
+        _build("trtllm-llmapi", checkpoints["mixtral"], tmp_path / "r", kv_cache_fraction=1.5)

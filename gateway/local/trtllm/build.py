@@ -56,6 +56,8 @@ def build(
     Raises UnsupportedModel / ParallelError / BuildError (ValueErrors and a RuntimeError) with
     a message for the user.
     """
+    if not 0 < request.kv_cache_fraction <= 1:
+        raise ValueError(f"--kv-cache-fraction must be in (0, 1], got {request.kv_cache_fraction}")
     checkpoint = read_checkpoint(request.model_dir)
     family = require(checkpoint, request.profile)
     split = resolve(
