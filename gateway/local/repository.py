@@ -17,6 +17,9 @@ from pathlib import Path
 from gateway.local import paths
 
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "tensorrt_llm_bls")
+# The CPU profile also serves NVIDIA's LLM-API tensor interface over the same engine, so the
+# gateway's llmapi protocol runs against a real Triton without a GPU.
+CPU_MODELS = ("llmapi",)
 # Written only for a vision checkpoint (one with `vision/config.json`).
 VISION_MODELS = ("multimodal_encoders", "ensemble_multimodal")
 ENCODER_MODEL = "multimodal_encoders"
@@ -43,6 +46,9 @@ PROFILES: dict[str, dict[str, str]] = {
         "encoder_max_queue_delay_microseconds": "2000",
         "expert_metrics_max_series": "2048",
         "bench_step_delay_ms": "0",
+        "llmapi_model_name": "llmapi",
+        "llmapi_engine_model": "tensorrt_llm",
+        "llmapi_multimodal": "false",
     },
 }
 
@@ -79,8 +85,8 @@ def is_vision_checkpoint(model_dir: Path) -> bool:
 
 
 def models_for(model_dir: Path) -> tuple[str, ...]:
-    """The models a repository serving this checkpoint holds."""
-    return MODELS + (VISION_MODELS if is_vision_checkpoint(model_dir) else ())
+    """The models a CPU repository serving this checkpoint holds."""
+    return MODELS + CPU_MODELS + (VISION_MODELS if is_vision_checkpoint(model_dir) else ())
 
 
 def fill_template(text: str, values: Mapping[str, str], *, source: str = "template") -> str:

@@ -10,11 +10,8 @@ import httpx
 import openai
 import pytest
 
-from gateway.local.repository import fill_repository
 from gateway.local.triton import TritonProcess
-from gateway.local.trtllm.cpu import add_llmapi_model
 from tests.gateway_fixtures import GatewayProcess, start_gateway, stop_gateway
-from tests.support import free_port
 
 MODEL = "tiny-llmapi"
 MESSAGES = [{"role": "user", "content": "What does the json module do?"}]
@@ -22,16 +19,9 @@ MESSAGES = [{"role": "user", "content": "What does the json module do?"}]
 
 @pytest.fixture(scope="module")
 def gateway(
-    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    triton: TritonProcess, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    repository = fill_repository(
-        tmp_path_factory.mktemp("repo") / "cpu", model_dir=tiny_model_dir, profile="cpu"
-    )
-    add_llmapi_model(repository)
-    triton = TritonProcess(
-        repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
-    )
-    triton.start()
+    """A gateway serving the session Triton's `llmapi` model and its BLS under two ids."""
     config = {
         "cache": {"enabled": False},
         "models": [
@@ -40,14 +30,11 @@ def gateway(
         ],
         "discover_models": False,
     }
-    try:
-        process = start_gateway(
-            tmp_path_factory.mktemp("gateway"), triton_urls=[triton.grpc_url], config=config
-        )
-        yield process
-        stop_gateway(process)
-    finally:
-        triton.stop()
+    process = start_gateway(
+        tmp_path_factory.mktemp("gateway"), triton_urls=[triton.grpc_url], config=config
+    )
+    yield process
+    stop_gateway(process)
 
 
 @pytest.fixture(scope="module")

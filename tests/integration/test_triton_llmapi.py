@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import struct
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -16,27 +14,16 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from gateway.core.backend import Delta, GenerationRequest, SamplingOptions
-from gateway.local.repository import fill_repository
 from gateway.local.triton import TritonProcess
-from gateway.local.trtllm.cpu import add_llmapi_model
 from gateway.triton import llmapi
-from tests.support import free_port
 
 PROMPT = "<|im_start|>user\nWhat does the json module do?<|im_end|>\n<|im_start|>assistant\n"
 
 
 @pytest.fixture(scope="module")
-def triton(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    repository = fill_repository(
-        tmp_path_factory.mktemp("repo") / "cpu", model_dir=tiny_model_dir, profile="cpu"
-    )
-    add_llmapi_model(repository)
-    server = TritonProcess(
-        repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
-    )
-    server.start()
-    yield server.grpc_url
-    server.stop()
+def grpc_url(triton: TritonProcess) -> str:
+    """The session's Triton: the CPU repository serves the `llmapi` model beside the BLS."""
+    return triton.grpc_url
 
 
 def _raw(value: np.ndarray) -> bytes:
@@ -104,12 +91,12 @@ def _texts(responses: list) -> list[tuple[str, str | None, bool]]:
     return [(d.text, d.finish_reason, final) for d, final in parsed]
 
 
-def test_streamed_text_is_cumulative_and_echoes_the_prompt_by_default(triton: str) -> None:
+def test_streamed_text_is_cumulative_and_echoes_the_prompt_by_default(grpc_url: str) -> None:
     request = _infer(
         "llmapi", "a", text_input=PROMPT, streaming=True, sampling_param_max_tokens=6,
         sampling_param_top_k=1, return_finish_reason=True,
     )  # fmt: skip
-    texts = _texts(asyncio.run(_stream(triton, request)))
+    texts = _texts(asyncio.run(_stream(grpc_url, request)))
     assert len(texts) >= 2
     for (previous, _, _), (current, _, _) in itertools.pairwise(texts):
         assert current.startswith(previous)
@@ -118,23 +105,23 @@ def test_streamed_text_is_cumulative_and_echoes_the_prompt_by_default(triton: st
     assert texts[-1][1] in ("stop", "length")
 
 
-def test_exclude_input_leaves_the_prompt_out_and_max_tokens_ends_with_length(triton: str) -> None:
+def test_exclude_input_leaves_the_prompt_out_and_max_tokens_ends_with_length(grpc_url: str) -> None:
     request = _infer(
         "llmapi", "b", text_input=PROMPT, streaming=True, sampling_param_max_tokens=4,
         sampling_param_exclude_input_from_output=True, return_finish_reason=True,
         sampling_param_top_k=1,
     )  # fmt: skip
-    texts = _texts(asyncio.run(_stream(triton, request)))
+    texts = _texts(asyncio.run(_stream(grpc_url, request)))
     assert not texts[-1][0].startswith("<|im_start|>")
     assert texts[-1][1] == "length"
 
 
-def test_the_gateway_protocol_gets_the_bls_routes_answer(triton: str) -> None:
+def test_the_gateway_protocol_gets_the_bls_routes_answer(grpc_url: str) -> None:
     params = SamplingOptions(max_tokens=12, top_k=1)
     generation = GenerationRequest(prompt=PROMPT, params=params, request_id="g")
 
     async def via_llmapi() -> list[Delta]:
-        responses = await _stream(triton, llmapi.build_request("llmapi", generation))
+        responses = await _stream(grpc_url, llmapi.build_request("llmapi", generation))
 
         async def stream():
             for response in responses:
@@ -148,7 +135,7 @@ def test_the_gateway_protocol_gets_the_bls_routes_answer(triton: str) -> None:
     # The BLS is batched: its inputs carry a batch dimension of 1.
     for tensor in bls.inputs:
         tensor.shape.insert(0, 1)
-    answer = asyncio.run(_stream(triton, bls))
+    answer = asyncio.run(_stream(grpc_url, bls))
     expected = "".join(
         llmapi._string(
             dict(zip([o.name for o in r.outputs], r.raw_output_contents, strict=False)).get(
@@ -162,20 +149,20 @@ def test_the_gateway_protocol_gets_the_bls_routes_answer(triton: str) -> None:
     assert deltas[-1].num_output_tokens and deltas[-1].num_output_tokens <= 12
 
 
-def test_stop_with_the_request_id_ends_the_request(triton: str) -> None:
+def test_stop_with_the_request_id_ends_the_request(grpc_url: str) -> None:
     long = _infer(
         "llmapi", "s", text_input=PROMPT, streaming=True, sampling_param_max_tokens=200,
         return_finish_reason=True,
     )  # fmt: skip
     # The stop's own answer is an empty final response, which a stream delivers only on request.
-    responses = asyncio.run(_stream(triton, long, llmapi.build_stop("llmapi", "s")))
+    responses = asyncio.run(_stream(grpc_url, long, llmapi.build_stop("llmapi", "s")))
     assert responses[-1].parameters["triton_final_response"].bool_param
     assert len(responses) < 200
 
 
-def test_a_bad_request_is_an_error_not_a_hang(triton: str) -> None:
+def test_a_bad_request_is_an_error_not_a_hang(grpc_url: str) -> None:
     async def go() -> str:
-        async with grpc.aio.insecure_channel(triton) as channel:
+        async with grpc.aio.insecure_channel(grpc_url) as channel:
             stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
             async def send():

@@ -15,7 +15,9 @@ from tritonclient.grpc import model_config_pb2
 from gateway.local.repository import fill_repository
 from tests.support import byte_level_tokenizer
 
-TEXT_MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "tensorrt_llm_bls")
+TEXT_MODELS = (
+    "preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "tensorrt_llm_bls", "llmapi"
+)  # fmt: skip
 VISION_MODELS = (*TEXT_MODELS, "multimodal_encoders", "ensemble_multimodal")
 
 Configs = dict[str, model_config_pb2.ModelConfig]
@@ -115,7 +117,7 @@ def test_every_config_parses_with_tritons_schema_and_names_its_model(configs: Co
 
 
 def test_the_streaming_models_are_decoupled(configs: Configs) -> None:
-    for name in ("tensorrt_llm", "tensorrt_llm_bls"):
+    for name in ("tensorrt_llm", "tensorrt_llm_bls", "llmapi"):
         assert configs[name].model_transaction_policy.decoupled, name
 
 
