@@ -50,8 +50,8 @@ def save_checkpoint(
 ) -> None:
     """Write `model.safetensors`, `config.json` and `generation_config.json` into `out_dir`."""
     save_file(canonical_state_dict(model), out_dir / "model.safetensors", metadata={"format": "pt"})
-    _write_json(out_dir / "config.json", hub_config_dict(model.config))
-    _write_json(out_dir / "generation_config.json", generation_config)
+    write_json(out_dir / "config.json", hub_config_dict(model.config))
+    write_json(out_dir / "generation_config.json", generation_config)
 
 
 def hub_config_dict(config: Qwen3MoeConfig) -> dict[str, Any]:
@@ -71,6 +71,6 @@ def hub_config_dict(config: Qwen3MoeConfig) -> dict[str, Any]:
     return dict(sorted(raw.items()))
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     """Pretty, stable JSON (the same data always gives the same bytes)."""
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 SHAPES = ("circle", "square", "triangle")
 # Hues far enough apart that JPEG, noise and the jitter below never make one look like another.
@@ -68,11 +69,12 @@ def random_image(
     return DrawnImage(image=image, colour=colour, shape=shape, coverage=coverage)
 
 
-def random_images(count: int, seed: int) -> list[DrawnImage]:
+def random_images(count: int, seed: int, *, progress: bool = False) -> list[DrawnImage]:
     """`count` random pictures from `seed`, the 18 classes in equal shares, shuffled."""
     rng = random.Random(seed)
     classes = [(c, s) for c in COLOURS for s in SHAPES]
-    out = [random_image(rng, *classes[i % len(classes)]) for i in range(count)]
+    bar = tqdm(range(count), desc="drawing", unit="image", disable=not progress)
+    out = [random_image(rng, *classes[i % len(classes)]) for i in bar]
     rng.shuffle(out)
     return out
 

@@ -1,4 +1,9 @@
-"""The tiny model's architecture and its short, seeded causal-LM training run on CPU."""
+"""The tiny model's architecture and its short, seeded training run on CPU.
+
+Every step trains on random windows of the text stream (causal-LM loss on every token); with
+chat data it also trains on a batch of image questions and a batch of docstring questions,
+loss on the answers only, the vision tower and projector learning with the language model.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,9 @@ import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+from moe_build.chat import ChatSample, chat_loss
+from moe_engine.vision import VisionModel
 
 MAX_POSITIONS = 2048
 
@@ -30,6 +38,21 @@ class TrainSettings:
     grad_clip: float = 1.0
     # Torch's intra-op threads; results are reproducible for a fixed thread count.
     num_threads: int = min(2, os.cpu_count() or 1)
+
+
+@dataclass
+class ChatData:
+    """The answer-only tasks mixed into every step, and the vision model they train."""
+
+    vision: VisionModel
+    pixels: torch.Tensor  # [images, 3, S, S]: what ChatSample.images index
+    vqa: list[ChatSample]
+    docs: list[ChatSample]
+    pad_id: int
+    vqa_batch: int = 16
+    doc_batch: int = 12
+    # The warmed-up tower moves slower than the randomly initialised language model.
+    vision_lr_scale: float = 0.3
 
 
 def tiny_config(vocab_size: int, *, eos_token_id: int, pad_token_id: int) -> Qwen3MoeConfig:
@@ -76,11 +99,13 @@ def train(
     seed: int,
     settings: TrainSettings = TrainSettings(),
     progress: bool = True,
+    chat: ChatData | None = None,
 ) -> Qwen3MoeForCausalLM:
     """Initialise the model from `seed` and train it for `steps` AdamW steps on random windows.
 
-    Loss is next-token cross-entropy plus the router load-balancing term. The caller's global
-    RNG and thread count are left as they were.
+    Loss is next-token cross-entropy plus the router load-balancing term, plus with `chat` the
+    answer-only losses of its image and docstring questions (`chat.vision` trains too). The
+    caller's global RNG and thread count are left as they were.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -88,15 +113,16 @@ def train(
     if tokens.numel() <= window:
         raise ValueError(f"corpus of {tokens.numel()} tokens is shorter than one window")
 
-    with _seeded(seed), _threads(settings.num_threads):
+    with seeded(seed), threads(settings.num_threads):
         model = Qwen3MoeForCausalLM(config)
         model.train()
-        optimizer = torch.optim.AdamW(
-            model.parameters(),
-            lr=settings.peak_lr,
-            betas=(0.9, 0.95),
-            weight_decay=settings.weight_decay,
-        )
+        groups = [{"params": list(model.parameters()), "lr": settings.peak_lr}]
+        if chat is not None:
+            chat.vision.train()
+            lr = settings.peak_lr * chat.vision_lr_scale
+            groups.append({"params": list(chat.vision.parameters()), "lr": lr})
+        params = [p for group in groups for p in group["params"]]
+        optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.95), weight_decay=settings.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(steps, settings))
         generator = torch.Generator().manual_seed(seed)
         bar = tqdm(range(steps), desc="training", unit="step", disable=not progress)
@@ -106,14 +132,35 @@ def train(
             )
             batch = torch.stack([tokens[s : s + window] for s in starts.tolist()])
             out = model(input_ids=batch, labels=batch, output_router_logits=True, use_cache=False)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            loss, postfix = out.loss, {"loss": f"{out.loss.item():.3f}"}
+            if chat is not None:
+                answers = _chat_loss(model, chat, generator)
+                loss = loss + answers
+                postfix["answers"] = f"{answers.item():.3f}"
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            bar.set_postfix(loss=f"{out.loss.item():.3f}", aux=f"{out.aux_loss.item():.3f}")
+            bar.set_postfix(postfix)
         model.eval()
+        if chat is not None:
+            chat.vision.eval()
     return model
+
+
+def _chat_loss(
+    model: Qwen3MoeForCausalLM, chat: ChatData, generator: torch.Generator
+) -> torch.Tensor:
+    # One forward for both tasks: the MoE's per-expert loops cost as much as the tokens here.
+    picks = torch.randint(0, len(chat.vqa), (chat.vqa_batch,), generator=generator).tolist()
+    samples = [chat.vqa[i] for i in picks]
+    picks = torch.randint(0, len(chat.docs), (chat.doc_batch,), generator=generator).tolist()
+    samples += [chat.docs[i] for i in picks]
+    images = torch.tensor([index for sample in samples for index in sample.images])
+    features = chat.vision(chat.pixels[images])
+    groups = [0] * chat.vqa_batch + [1] * chat.doc_batch
+    return chat_loss(model, samples, features, pad_id=chat.pad_id, groups=groups)
 
 
 def _lr_lambda(steps: int, settings: TrainSettings):
@@ -131,7 +178,7 @@ def _lr_lambda(steps: int, settings: TrainSettings):
 
 
 @contextmanager
-def _seeded(seed: int) -> Iterator[None]:
+def seeded(seed: int) -> Iterator[None]:
     # fork_rng restores the global torch RNG afterwards, so building never perturbs the caller.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -139,7 +186,7 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 @contextmanager
-def _threads(n: int) -> Iterator[None]:
+def threads(n: int) -> Iterator[None]:
     previous = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

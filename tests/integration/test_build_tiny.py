@@ -13,13 +13,17 @@ import pytest
 import torch
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from moe_build.checkpoint import save_checkpoint
+from moe_build.shapes import draw_shape
 from moe_build.tiny import build_tiny_model
 from moe_build.train import tiny_config
 from safetensors import safe_open
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from moe_engine.vision import VisionEncoder, is_vision_checkpoint
+
 STEPS = 5  # enough to exercise training; quality is not under test here
+VISION_STEPS = 5
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Every test but one trains a tiny model (the module's, and rebuilds); that one needs torch and
@@ -29,7 +33,19 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", steps=STEPS, progress=False)
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny") / "model",
+        steps=STEPS,
+        vision_steps=VISION_STEPS,
+        progress=False,
+    )
+
+
+def quick_build(out: Path, **kw) -> Path:
+    """A rebuild without the held-out checks, which change no byte of the weights."""
+    return build_tiny_model(
+        out, steps=STEPS, vision_steps=VISION_STEPS, evaluate=False, progress=False, **kw
+    )
 
 
 def render_chat(model_dir: Path, messages: list[dict], *, add_generation_prompt: bool) -> str:
@@ -144,17 +160,17 @@ def test_generation_stops_at_im_end_and_endoftext(model_dir: Path):
 
 
 def test_same_seed_rebuilds_byte_identical_weights_and_tokenizer(model_dir: Path, tmp_path: Path):
-    again = build_tiny_model(tmp_path / "again", steps=STEPS, progress=False)
+    again = quick_build(tmp_path / "again")
 
-    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+    for name in ("model.safetensors", "tokenizer.json", "config.json", "vision/model.safetensors"):
         assert (again / name).read_bytes() == (model_dir / name).read_bytes(), name
 
 
 def test_different_seed_gives_different_weights(model_dir: Path, tmp_path: Path):
-    other = build_tiny_model(tmp_path / "other", seed=1, steps=STEPS, progress=False)
+    other = quick_build(tmp_path / "other", seed=1)
 
-    weights = "model.safetensors"
-    assert (other / weights).read_bytes() != (model_dir / weights).read_bytes()
+    for weights in ("model.safetensors", "vision/model.safetensors"):
+        assert (other / weights).read_bytes() != (model_dir / weights).read_bytes()
 
 
 def test_rebuild_replaces_an_existing_model_directory(tmp_path: Path):
@@ -162,7 +178,7 @@ def test_rebuild_replaces_an_existing_model_directory(tmp_path: Path):
     out.mkdir()
     (out / "stale.bin").write_bytes(b"old model")
 
-    build_tiny_model(out, steps=0, progress=False)
+    build_tiny_model(out, steps=0, vision_steps=0, evaluate=False, progress=False)
 
     assert not (out / "stale.bin").exists()
     assert (out / "model.safetensors").is_file()
@@ -174,7 +190,7 @@ def test_interrupted_build_leaves_no_model_directory(tmp_path: Path):
     staging = tmp_path / "model.tmp"
     code = (
         "from pathlib import Path; from moe_build.tiny import build_tiny_model; "
-        f"build_tiny_model(Path({str(out)!r}), steps=10**6, progress=False)"
+        f"build_tiny_model(Path({str(out)!r}), steps=10**6, vision_steps=10**6, progress=False)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, stderr=subprocess.PIPE)
     try:
@@ -199,3 +215,48 @@ def test_readme_describes_the_model(model_dir: Path):
 
     assert "Qwen3MoeForCausalLM" in readme
     assert f"--steps {STEPS}" in readme
+    assert 'of "What is in this image?"' in readme  # the held-out accuracy
+    assert "classification pre-training" in readme
+
+
+def test_the_checkpoint_has_a_vision_tower_the_encoder_loads(model_dir: Path):
+    encoder = VisionEncoder.from_dir(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    pixels = torch.from_numpy(encoder.preprocess(draw_shape("red", "circle")))[None]
+
+    assert is_vision_checkpoint(model_dir)
+    assert encoder.config.text_hidden_size == config["hidden_size"]
+    assert encoder.encode(pixels).shape == (1, encoder.config.num_image_tokens, 256)
+
+
+def test_the_image_token_is_one_special_id(model_dir: Path):
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    image_id = tokenizer.convert_tokens_to_ids("<|image|>")
+
+    assert tokenizer.encode("<|image|>\nWhat is in this image?")[0] == image_id
+    assert tokenizer.encode("<|image|>").count(image_id) == 1
+    assert "<|image|>" in tokenizer.all_special_tokens
+
+
+def test_chat_template_renders_image_parts_as_the_image_token(model_dir: Path):
+    parts = [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        {"type": "text", "text": "What is in this image?"},
+    ]
+    messages = [{"role": "user", "content": parts}]
+
+    prompt = render_chat(model_dir, messages, add_generation_prompt=True)
+
+    assert prompt == (
+        "<|im_start|>user\n<|image|>\nWhat is in this image?<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_eval_json_records_the_held_out_checks(model_dir: Path):
+    report = json.loads((model_dir / "vision" / "eval.json").read_text())
+
+    assert report["vqa"]["held_out_images"] == 360
+    assert 0.0 <= report["vqa"]["what"] <= 1.0
+    assert 0.0 <= report["docstrings"]["rate"] <= 1.0
+    assert "first 3 words" in report["docstrings"]["criterion"]
+    assert report["settings"]["steps"] == STEPS
