@@ -66,7 +66,7 @@ def greedy(
                     answers[rows[k]].append(token)
             if done.all():
                 break
-            out = model(input_ids=next_ids[:, None], past_key_values=out.past_key_values)
+            out = model(input_ids=next_ids[:, None], cache=out.cache, use_cache=True)
     return [tokenizer.decode(a) for a in answers]
 
 
