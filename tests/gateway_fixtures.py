@@ -159,6 +159,40 @@ def gateway(triton: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
 
 
 @pytest.fixture(scope="session")
+def llmapi_gateway(
+    triton: Any, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """Like `gateway`, serving the same model id through the session Triton's `llmapi` model
+    (NVIDIA's LLM-API tensors) instead of the BLS: the conformance tests run on both."""
+    process = start_gateway(
+        tmp_path_factory.mktemp("llmapi-gateway"),
+        triton_urls=[triton.grpc_url],
+        config={
+            "requests": {"max_body_bytes": MAX_BODY_BYTES},
+            "cache": {"enabled": False},
+            "models": [{"id": "tiny-moe", "route": "llmapi", "tokenizer_dir": str(tiny_model_dir)}],
+            "discover_models": False,
+        },
+    )
+    yield process
+    stop_gateway(process)
+
+
+@pytest.fixture(params=["trtllm", "llmapi"])
+def protocol(request: pytest.FixtureRequest) -> str:
+    """The Triton protocol a conformance test runs on: the BLS route, or the llmapi model."""
+    return request.param
+
+
+@pytest.fixture
+def protocol_client(protocol: str, request: pytest.FixtureRequest) -> Iterator[openai.OpenAI]:
+    """The official OpenAI client on the gateway for `protocol` (same model id on both)."""
+    server = request.getfixturevalue("gateway" if protocol == "trtllm" else "llmapi_gateway")
+    with openai.OpenAI(base_url=server.base_url, api_key=server.token, max_retries=0) as sdk:
+        yield sdk
+
+
+@pytest.fixture(scope="session")
 def unshared_gateway(
     triton: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
