@@ -9,57 +9,19 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .config import SUPPORTED_DTYPES, EngineConfig, ModelConfig, resolve_max_seq_len
+from .guided import Grammars, GuidedRows, advance
 from .model import MoEModel
+from .outputs import EngineStats, IterationStats, StepOutput, TopLogprobs
 from .prompts import checked_prompt
-from .sampler import Sampler, SamplingParams
+from .sampler import Sampled, Sampler, SamplingParams
 from .weights import load_weights
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class StepOutput:
-    """What one request produced in one engine step."""
-
-    request_id: str
-    token_ids: list[int]  # new tokens since the previous output; empty on some final outputs
-    logprobs: list[float] | None  # one per token in token_ids, when asked for
-    finished: bool
-    finish_reason: str | None  # "stop" | "length" | "cancelled" | "error" | None
-
-
-@dataclass(frozen=True)
-class IterationStats:
-    """What one engine iteration ran; all zero while the engine is idle."""
-
-    scheduled: int = 0  # requests the iteration prefilled or decoded (or both)
-    context_requests: int = 0  # requests prefilled
-    context_tokens: int = 0  # prompt tokens prefilled
-    generation_requests: int = 0  # requests in the decode step
-
-
-@dataclass
-class EngineStats:
-    """A snapshot of the engine's load and cumulative work."""
-
-    active: int  # requests holding a slot
-    waiting: int  # requests queued for a slot
-    max_batch_size: int
-    peak_active: int
-    decode_steps_total: int
-    decode_tokens_total: int
-    prefill_tokens_total: int
-    finished_total: int
-    iterations_total: int = 0  # iterations that ran at least one request
-    last_iteration: IterationStats = IterationStats()  # the latest, or zeros when idle
-    last_iteration_time: float = 0.0  # time.time() at the end of the latest iteration
-    kv_used_blocks: int = 0  # KV-cache blocks holding positions of active requests
-    kv_max_blocks: int = 0
-    kv_tokens_per_block: int = 0
 
 
 @dataclass(eq=False)
@@ -69,6 +31,7 @@ class _Request:
     params: SamplingParams
     on_output: Callable[[StepOutput], None]
     table: torch.Tensor | None = None  # rows for the prompt's ids >= vocab_size
+    guide: Any = None  # its grammar's matcher (llguidance.LLMatcher), when guided
     output: list[int] = field(default_factory=list)
     slot: int = -1
     length: int = 0  # positions filled in the KV cache
@@ -84,7 +47,12 @@ class Engine:
     that thread, so they must be quick and must not call back into a blocking engine method.
     """
 
-    def __init__(self, model: MoEModel, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: MoEModel,
+        config: EngineConfig | None = None,
+        tokenizer_dir: str | Path | None = None,
+    ) -> None:
         self.config = config or EngineConfig()
         if self.config.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.config.max_batch_size}")
@@ -92,6 +60,9 @@ class Engine:
         self._num_threads = self.config.num_threads or torch.get_num_threads()
         self._cache = model.new_cache(self.config.max_batch_size)
         self._sampler = Sampler(self.config.max_batch_size, model.config.vocab_size)
+        # Guides (`SamplingParams.guide`) compile on the submitting thread, cached per guide.
+        self.grammars = Grammars(tokenizer_dir, model.config.vocab_size, model.config.eos_token_ids)
+        self._guided: GuidedRows | None = None
 
         self._cond = threading.Condition()
         # Guarded by _cond: the hand-over from client threads to the engine thread.
@@ -128,7 +99,7 @@ class Engine:
         model_config = ModelConfig.from_dir(path)
         max_seq_len = resolve_max_seq_len(model_config, config.max_seq_len)
         weights = load_weights(path, model_config, getattr(torch, config.dtype))
-        return cls(MoEModel(model_config, weights, max_seq_len), config)
+        return cls(MoEModel(model_config, weights, max_seq_len), config, tokenizer_dir=path)
 
     @property
     def model_config(self) -> ModelConfig:
@@ -199,7 +170,8 @@ class Engine:
                 f"prompt ({len(prompt)} tokens) + max_new_tokens ({params.max_new_tokens}) "
                 f"exceeds the engine's max_seq_len of {self.max_seq_len}"
             )
-        request = _Request(request_id, prompt, params, on_output, checked.table)
+        guide = self.grammars.matcher(*params.guide) if params.guide else None
+        request = _Request(request_id, prompt, params, on_output, checked.table, guide)
         with self._cond:
             if self._stopping:
                 raise RuntimeError("engine is shut down")
@@ -339,7 +311,8 @@ class Engine:
             logits = self.model.prefill(prompt, self._cache, slot, prompt_table=request.table)
             self._sampler.assign(slot, request.params, prompt)
             self._suppress_end_ids([request], logits)
-            tokens, logprobs = self._sampler.sample(logits, slot, slot + 1)
+            self._mask([request], logits)
+            sampled = self._sampler.sample(logits, slot, slot + 1)
         except Exception:
             logger.exception("prefill failed for request %s", request.id)
             self._finish(request, "error")
@@ -348,7 +321,7 @@ class Engine:
         request.table = None  # in the KV cache now; decode sees generated (text) ids only
         self._running.append(request)
         self._prefill_tokens += len(request.prompt)
-        self._accept(request, tokens[0], logprobs[0] if logprobs else None)
+        self._accept(request, sampled, 0)
         return True
 
     def _decode(self) -> None:
@@ -360,11 +333,12 @@ class Engine:
         for request in running:
             request.length += 1
         self._suppress_end_ids(running, logits)
-        new_tokens, logprobs = self._sampler.sample(logits, 0, len(running))
+        self._mask(running, logits)
+        sampled = self._sampler.sample(logits, 0, len(running))
         self._decode_steps += 1
         self._decode_tokens += len(running)
         for i, request in enumerate(running):
-            self._accept(request, new_tokens[i], logprobs[i] if logprobs else None)
+            self._accept(request, sampled, i)
 
     def _suppress_end_ids(self, requests: list[_Request], logits: torch.Tensor) -> None:
         for row, request in enumerate(requests):
@@ -372,7 +346,22 @@ class Engine:
             if p.end_ids and not p.ignore_eos and len(request.output) < p.min_tokens:
                 logits[row, list(p.end_ids)] = -float("inf")
 
-    def _accept(self, request: _Request, token: int, logprob: float | None) -> None:
+    def _mask(self, requests: list[_Request], logits: torch.Tensor) -> None:
+        rows = [
+            (row, r.guide, () if r.params.ignore_eos else r.params.end_ids)
+            for row, r in enumerate(requests)
+            if r.guide is not None
+        ]
+        if rows:
+            if self._guided is None:
+                eos = self.grammars.eos_tokens()
+                self._guided = GuidedRows(self.vocab_size, self.max_batch_size, eos)
+            self._guided.apply(logits, rows)
+
+    def _accept(self, request: _Request, sampled: Sampled, row: int) -> None:
+        token = sampled.tokens[row]
+        logprob = sampled.logprobs[row] if sampled.logprobs else None
+        top = sampled.top[row] if sampled.top else None
         p = request.params
         past_min = len(request.output) >= p.min_tokens
         if past_min and not p.ignore_eos and token in p.end_ids:
@@ -381,15 +370,18 @@ class Engine:
         request.output.append(token)
         reason = None
         stops = len(request.output) >= p.min_tokens and p.stop_token_seqs
-        if stops and _ends_with_any(request.output, p.stop_token_seqs):
+        if request.guide is not None and advance(request.guide, token):
+            reason = "stop"  # the grammar is complete: only the end could follow
+        elif stops and _ends_with_any(request.output, p.stop_token_seqs):
             reason = "stop"
         elif len(request.output) >= p.max_new_tokens:
             reason = "length"
         logprobs = [logprob] if p.return_logprobs else None
+        tops = [top] if top is not None else None
         if reason is not None:
-            self._finish(request, reason, [token], logprobs)
+            self._finish(request, reason, [token], logprobs, tops)
         else:
-            self._emit(request, StepOutput(request.id, [token], logprobs, False, None))
+            self._emit(request, StepOutput(request.id, [token], logprobs, False, None, tops))
 
     def _finish(
         self,
@@ -397,17 +389,21 @@ class Engine:
         reason: str,
         token_ids: list[int] | None = None,
         logprobs: list[float] | None = None,
+        tops: list[TopLogprobs] | None = None,
     ) -> None:
         if request.finished:
             return
         request.finished = True
         if logprobs is None and request.params.return_logprobs:
             logprobs = []
+        if tops is None and request.params.num_logprobs:
+            tops = []
         with self._cond:
             self._live.pop(request.id, None)
             self._cancel_ids.discard(request.id)
         self._finished += 1
-        self._emit(request, StepOutput(request.id, token_ids or [], logprobs, True, reason))
+        output = StepOutput(request.id, token_ids or [], logprobs, True, reason, tops)
+        self._emit(request, output)
 
     def _emit(self, request: _Request, output: StepOutput) -> None:
         try:

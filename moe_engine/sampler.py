@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -25,6 +26,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     return_logprobs: bool = False
+    num_logprobs: int = 0  # top-k alternatives (ids, logprobs) per token, sorted descending
+    guide: tuple[str, str] | None = None  # (guided_decoding_guide_type, guided_decoding_guide)
 
     @property
     def greedy(self) -> bool:
@@ -55,10 +58,23 @@ class SamplingParams:
              f"end_ids must be token ids in [0, {vocab_size}), got {list(self.end_ids)}"),
             (all(len(s) > 0 for s in self.stop_token_seqs),
              "stop_token_seqs must not contain an empty sequence"),
+            (0 <= self.num_logprobs <= MAX_NUM_LOGPROBS,
+             f"num_logprobs must be in [0, {MAX_NUM_LOGPROBS}], got {self.num_logprobs}"),
         ]  # fmt: skip
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+
+MAX_NUM_LOGPROBS = 20  # OpenAI's top_logprobs limit
+
+
+class Sampled(NamedTuple):
+    """One sampling step's picks for a range of rows."""
+
+    tokens: list[int]
+    logprobs: list[float] | None  # each token's, when any row asked for them
+    top: list[tuple[list[int], list[float]] | None] | None  # per row: its top-k, when asked
 
 
 @dataclass
@@ -78,6 +94,7 @@ class _Rows:
     any_top_p: bool
     any_penalty: bool
     any_logprobs: bool
+    max_top: int  # the largest num_logprobs of the rows
 
 
 class Sampler:
@@ -123,13 +140,12 @@ class Sampler:
             self.seen[dst] = self.seen[src]
         self._rows_cache.clear()
 
-    def sample(
-        self, logits: torch.Tensor, start: int, stop: int
-    ) -> tuple[list[int], list[float] | None]:
+    def sample(self, logits: torch.Tensor, start: int, stop: int) -> Sampled:
         """Pick a token for each slot in `start..stop-1` from `logits` `[stop - start, vocab]`.
 
         Returns the tokens and, if any row asked for them, their logprobs under the penalised,
-        temperature-scaled distribution (temperature 1 for greedy rows), before top-k/top-p.
+        temperature-scaled distribution (temperature 1 for greedy rows; a guide's mask applied),
+        before top-k/top-p, and each asking row's `num_logprobs` best under the same one.
         """
         rows = self._rows(start, stop)
         if rows.any_penalty:
@@ -145,10 +161,25 @@ class Sampler:
             slots = torch.arange(start, stop)
             self.counts.index_put_((slots, tokens), torch.ones(()), accumulate=True)
             self.seen[slots, tokens] = True
-        logprobs = None
-        if rows.any_logprobs:
-            logprobs = scaled.log_softmax(dim=-1).gather(1, tokens[:, None])[:, 0].tolist()
-        return tokens.tolist(), logprobs
+        logprobs = top = None
+        if rows.any_logprobs or rows.max_top:
+            log_probs = scaled.log_softmax(dim=-1)
+            if rows.any_logprobs:
+                logprobs = log_probs.gather(1, tokens[:, None])[:, 0].tolist()
+            if rows.max_top:
+                top = self._top(log_probs, rows.max_top, start, stop)
+        return Sampled(tokens.tolist(), logprobs, top)
+
+    def _top(
+        self, log_probs: torch.Tensor, k: int, start: int, stop: int
+    ) -> list[tuple[list[int], list[float]] | None]:
+        values, ids = log_probs.topk(min(k, self.vocab_size), dim=-1)  # sorted, descending
+        values, ids = values.tolist(), ids.tolist()
+        out: list[tuple[list[int], list[float]] | None] = []
+        for i in range(stop - start):
+            n = self.params[start + i].num_logprobs
+            out.append((ids[i][:n], values[i][:n]) if n else None)
+        return out
 
     def _draw(self, scaled: torch.Tensor, rows: _Rows, start: int, stop: int) -> torch.Tensor:
         # Inverse-CDF sampling with one uniform per row from that row's generator: the same
@@ -201,6 +232,7 @@ class Sampler:
                 any_top_p=any(p.top_p < 1 for p in params),
                 any_penalty=any(p.penalised for p in params),
                 any_logprobs=any(p.return_logprobs for p in params),
+                max_top=max(p.num_logprobs for p in params),
             )
         return self._rows_cache[key]
 

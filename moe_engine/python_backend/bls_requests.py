@@ -33,6 +33,7 @@ from moe_engine.python_backend.inflight import Inflight
 from moe_engine.python_backend.responses import ResponseKit, Sender
 from moe_engine.python_backend.serving import InputError, scalar
 from moe_engine.python_backend.text import TokenizerInfo, encode
+from moe_engine.sampler import MAX_NUM_LOGPROBS
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ _FORWARD = {
     "return_log_probs": ("return_log_probs", np.bool_),
     "end_id": ("end_id", np.int32),
     "pad_id": ("pad_id", np.int32),
+    "num_logprobs": ("num_logprobs", np.int32),
+    "guided_decoding_guide_type": ("guided_decoding_guide_type", np.object_),
+    "guided_decoding_guide": ("guided_decoding_guide", np.object_),
 }
 # Stop strings are matched on every delta, on the thread that serves every request: bound the work.
 MAX_STOP_STRINGS = 32
@@ -68,6 +72,7 @@ class Generation:
     stream: bool
     logprobs: bool
     stop: list[str]
+    num_logprobs: int = 0  # top alternatives per token, forwarded and relayed
 
 
 class EngineModel(Protocol):
@@ -105,6 +110,9 @@ def parse_generation(
     if not ids:
         raise InputError("text_input encodes to no tokens")
     logprobs = bool(scalar(inputs, "return_log_probs", False))
+    num_logprobs = int(scalar(inputs, "num_logprobs", 0))
+    if not 0 <= num_logprobs <= MAX_NUM_LOGPROBS:
+        raise InputError(f"num_logprobs must be in [0, {MAX_NUM_LOGPROBS}], got {num_logprobs}")
     tensors = {
         "input_ids": np.asarray([ids], dtype=np.int32),
         "input_lengths": np.asarray([[len(ids)]], dtype=np.int32),
@@ -114,16 +122,22 @@ def parse_generation(
     for name, (target, dtype) in _FORWARD.items():
         value = scalar(inputs, name)
         if value is not None:
+            value = value.encode("utf-8") if isinstance(value, str) else value
             tensors[target] = np.asarray([[value]], dtype=dtype)
     return Generation(
         request_id=uuid.uuid4().hex,
         inputs=tensors,
-        outputs=["output_ids", *(["output_log_probs"] if logprobs else [])],
+        outputs=[
+            "output_ids",
+            *(["output_log_probs"] if logprobs else []),
+            *(["top_token_ids", "top_log_probs"] if num_logprobs else []),
+        ],
         max_tokens=int(max_tokens),
         prompt_tokens=len(ids),
         stream=bool(scalar(inputs, "stream", False)),
         logprobs=logprobs,
         stop=stop,
+        num_logprobs=num_logprobs,
     )
 
 
@@ -232,6 +246,7 @@ class BlsRequests:
             call.max_tokens,
             stream=call.stream,
             logprobs=call.logprobs,
+            num_logprobs=call.num_logprobs,
         )
         if not await self._admission.enter(client):
             client.send(None, final)  # gone while it waited

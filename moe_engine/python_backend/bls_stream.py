@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
+from moe_engine.outputs import TopLogprobs
 from moe_engine.python_backend.responses import ResponseKit, Sender
 from moe_engine.python_backend.text import IncrementalDetokenizer, StopStringMatcher
 
@@ -29,6 +30,7 @@ class Chunk:
     """New token ids, padding dropped; None when the response has no `output_ids` (the empty
     final one)."""
     logprobs: list[float] | None = None
+    tops: list[TopLogprobs] | None = None  # per token, with num_logprobs > 0
     error_response: Any = None
     """Set when the engine failed: the response that passes its error on, as the final one."""
 
@@ -41,6 +43,8 @@ class Piece:
     generated: int  # tokens generated so far
     logprobs: list[float] | None  # those of the tokens behind `text`, when asked for
     finish_reason: str | None = None  # on the final piece only
+    tops: tuple[list[int], list[TopLogprobs]] | None = None  # those tokens and their top-k
+    num_logprobs: int = 0  # k of the top-k, also when this piece has no tokens
 
 
 class TextState:
@@ -54,6 +58,7 @@ class TextState:
         *,
         stream: bool,
         logprobs: bool,
+        num_logprobs: int = 0,
     ) -> None:
         self._detok = IncrementalDetokenizer(tokenizer)
         self._matcher = StopStringMatcher(stop)
@@ -62,6 +67,9 @@ class TextState:
         self._want_logprobs = logprobs
         self._text: list[str] = []
         self._logprobs: list[float] = []
+        self._num_logprobs = num_logprobs
+        self._ids: list[int] = []
+        self._tops: list[TopLogprobs] = []
         self.generated = 0
         self.reason = ""  # "stop" | "length" | "cancelled" once decided
 
@@ -74,7 +82,12 @@ class TextState:
     def hit_stop_string(self) -> bool:
         return self._matcher.stopped
 
-    def add(self, ids: list[int], logprobs: list[float] | None = None) -> Piece | None:
+    def add(
+        self,
+        ids: list[int],
+        logprobs: list[float] | None = None,
+        tops: list[TopLogprobs] | None = None,
+    ) -> Piece | None:
         """Take one engine response's tokens; return the piece to send now, if any (streaming
         only: a non-streamed request gets everything in its final piece)."""
         if self.done:
@@ -83,6 +96,9 @@ class TextState:
         delta = self._matcher.feed(self._detok.add(ids))
         if logprobs is not None and self._want_logprobs:
             self._logprobs.extend(logprobs[: len(ids)])
+        if self._num_logprobs:
+            self._ids.extend(ids)
+            self._tops.extend((tops or [])[: len(ids)])
         if self._matcher.stopped:
             self.reason = "stop"
         elif self.generated >= self._max_tokens:
@@ -92,7 +108,8 @@ class TextState:
             return None
         if not delta:
             return None  # held back (partial character or stop string); its logprobs wait too
-        return Piece(delta, self.generated, self._take_logprobs())
+        tops = self._take_tops()
+        return Piece(delta, self.generated, self._take_logprobs(), None, tops, self._num_logprobs)
 
     def cancel(self) -> None:
         """The client went away: nothing more is sent but an empty final response."""
@@ -109,12 +126,22 @@ class TextState:
         if not self._matcher.stopped:
             tail = self._matcher.feed(self._detok.flush()) + self._matcher.flush()
         body = tail if self._stream else "".join(self._text) + tail
-        return Piece(body, self.generated, self._take_logprobs(), self.reason)
+        tops = self._take_tops()
+        return Piece(
+            body, self.generated, self._take_logprobs(), self.reason, tops, self._num_logprobs
+        )
 
     def _take_logprobs(self) -> list[float] | None:
         if not self._want_logprobs:
             return None
         taken, self._logprobs = self._logprobs, []
+        return taken
+
+    def _take_tops(self) -> tuple[list[int], list[TopLogprobs]] | None:
+        if not self._num_logprobs:
+            return None
+        taken = (self._ids, self._tops)  # on the final piece, maybe empty
+        self._ids, self._tops = [], []
         return taken
 
 
@@ -200,7 +227,7 @@ async def relay(
             state.cancel()
             await client.stop_engine()
         elif chunk.ids is not None:
-            piece = state.add(chunk.ids, chunk.logprobs)
+            piece = state.add(chunk.ids, chunk.logprobs, chunk.tops)
             if state.hit_stop_string:
                 await client.stop_engine()
             if piece is not None:
@@ -245,4 +272,14 @@ def text_tensors(piece: Piece, prompt_tokens: int) -> dict[str, np.ndarray]:
         tensors["num_input_tokens"] = np.asarray([[prompt_tokens]], dtype=np.int32)
     if piece.logprobs is not None:
         tensors["output_log_probs"] = np.asarray([piece.logprobs], dtype=np.float32)
+    if piece.tops is not None:
+        ids, tops = piece.tops
+        k = len(tops[0][0]) if tops else piece.num_logprobs
+        tensors["output_token_ids"] = np.asarray([ids], dtype=np.int32)
+        tensors["top_token_ids"] = np.asarray([[t[0] for t in tops]], dtype=np.int32).reshape(
+            1, len(tops), k
+        )
+        tensors["top_log_probs"] = np.asarray([[t[1] for t in tops]], dtype=np.float32).reshape(
+            1, len(tops), k
+        )
     return tensors

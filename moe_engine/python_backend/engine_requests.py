@@ -93,6 +93,7 @@ class EngineRequests:
                 self._kit,
                 streaming=streaming,
                 logprobs=params.return_logprobs,
+                num_logprobs=params.num_logprobs,
                 wanted=wanted,
                 on_finished=lambda: self._finished(client_id, engine_id),
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 
 from moe_engine.engine import StepOutput
+from moe_engine.outputs import TopLogprobs
 from moe_engine.python_backend.responses import ResponseKit, Sender
 from moe_engine.python_backend.serving import output_tensors
 
@@ -23,6 +24,7 @@ class Responder:
         *,
         streaming: bool,
         logprobs: bool,
+        num_logprobs: int = 0,
         wanted: Collection[str] = (),
         on_finished: Callable[[], None] = lambda: None,
     ) -> None:
@@ -30,11 +32,13 @@ class Responder:
         self.kit = kit
         self.streaming = streaming
         self.logprobs = logprobs
+        self.num_logprobs = num_logprobs
         # Tensors nobody asked for cost a copy to the server each per token; none named: all.
         self.wanted = set(wanted)
         self.on_finished = on_finished
         self.tokens: list[int] = []
         self.token_logprobs: list[float] = []
+        self.tops: list[TopLogprobs] = []
         self.cum = 0.0
 
     def __call__(self, out: StepOutput) -> None:
@@ -59,17 +63,27 @@ class Responder:
             return
         if self.streaming:
             if out.token_ids:
-                self._send(out.token_ids, step_lp if self.logprobs else None, final)
+                self._send(
+                    out.token_ids, step_lp if self.logprobs else None, out.top_logprobs, final
+                )
             elif final:
                 self.sender.send(None, final)
             return
         self.tokens.extend(out.token_ids)
         self.token_logprobs.extend(step_lp)
+        self.tops.extend(out.top_logprobs or [])
         if out.finished:
-            self._send(self.tokens, self.token_logprobs if self.logprobs else None, final)
+            lp = self.token_logprobs if self.logprobs else None
+            self._send(self.tokens, lp, self.tops, final)
 
-    def _send(self, tokens: list[int], logprobs: list[float] | None, flags: int) -> None:
-        outputs = output_tensors(tokens, logprobs, self.cum)
+    def _send(
+        self,
+        tokens: list[int],
+        logprobs: list[float] | None,
+        tops: list[TopLogprobs] | None,
+        flags: int,
+    ) -> None:
+        outputs = output_tensors(tokens, logprobs, self.cum, tops, self.num_logprobs)
         wanted = self.wanted or outputs.keys()
         tensors = {k: v for k, v in outputs.items() if k in wanted}
         self.sender.send(self.kit.tensors(tensors), flags)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from moe_engine.outputs import TopLogprobs
 from moe_engine.python_backend.text import from_words_list
 
 Inputs = Mapping[str, np.ndarray]
@@ -109,15 +110,31 @@ def sampling_kwargs(inputs: Inputs, default_end_ids: tuple[int, ...]) -> dict[st
         "frequency_penalty": float(scalar(inputs, "frequency_penalty", 0.0)),
         "repetition_penalty": float(scalar(inputs, "repetition_penalty", 1.0)),
         "return_logprobs": bool(scalar(inputs, "return_log_probs", False)),
+        "num_logprobs": int(scalar(inputs, "num_logprobs", 0)),
+        "guide": guide(inputs),
     }
 
 
+def guide(inputs: Inputs) -> tuple[str, str] | None:
+    """TensorRT-LLM's `guided_decoding_guide_type` and `guided_decoding_guide`; None when no
+    type is given (an unguided request). The engine refuses a guide that does not compile."""
+    guide_type = scalar(inputs, "guided_decoding_guide_type")
+    if not guide_type:
+        return None
+    return str(guide_type), str(scalar(inputs, "guided_decoding_guide", "") or "")
+
+
 def output_tensors(
-    token_ids: list[int], logprobs: list[float] | None, cum_logprob: float
+    token_ids: list[int],
+    logprobs: list[float] | None,
+    cum_logprob: float,
+    tops: list[TopLogprobs] | None = None,
+    num_logprobs: int = 0,
 ) -> dict[str, np.ndarray]:
-    """TensorRT-LLM's outputs for one beam: `output_ids [1,1,len]`, lengths and logprobs."""
+    """TensorRT-LLM's outputs for one beam: `output_ids [1,1,len]`, lengths and logprobs; with
+    `num_logprobs` > 0 also `top_token_ids`/`top_log_probs` `[1,1,len,k]`, best first."""
     n = len(token_ids)
-    return {
+    out = {
         "output_ids": np.asarray(token_ids, dtype=np.int32).reshape(1, 1, n),
         "sequence_length": np.asarray([[n]], dtype=np.int32),
         "cum_log_probs": np.asarray([[cum_logprob]], dtype=np.float32),
@@ -125,3 +142,11 @@ def output_tensors(
             logprobs if logprobs is not None else [0.0] * n, dtype=np.float32
         ).reshape(1, 1, n),
     }
+    if num_logprobs > 0:
+        tops = tops or []
+        k = len(tops[0][0]) if tops else num_logprobs  # fewer when the vocabulary is smaller
+        ids = [t[0] for t in tops]
+        values = [t[1] for t in tops]
+        out["top_token_ids"] = np.asarray(ids, dtype=np.int32).reshape(1, 1, n, k)
+        out["top_log_probs"] = np.asarray(values, dtype=np.float32).reshape(1, 1, n, k)
+    return out

@@ -131,6 +131,8 @@ def test_tensorrt_llm_has_nvidia_tensor_interface(triton: TritonProcess) -> None
         "sequence_length": "INT32",
         "cum_log_probs": "FP32",
         "output_log_probs": "FP32",
+        "top_token_ids": "INT32",
+        "top_log_probs": "FP32",
     }
 
 

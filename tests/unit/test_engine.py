@@ -182,7 +182,7 @@ def test_presence_and_frequency_penalties_push_generated_tokens_down() -> None:
 def test_repetition_penalty_applies_to_prompt_tokens() -> None:
     sampler = Sampler(num_slots=1, vocab_size=3)
     sampler.assign(0, greedy(repetition_penalty=2.0), prompt=torch.tensor([2]))
-    tokens, _ = sampler.sample(torch.tensor([[0.0, 1.5, 2.0]]), 0, 1)
+    tokens = sampler.sample(torch.tensor([[0.0, 1.5, 2.0]]), 0, 1).tokens
     assert tokens == [1]  # token 2's logit 2.0 is halved below token 1's 1.5
 
 

@@ -171,4 +171,15 @@ def _chunk(response) -> Chunk:
     array = ids.as_numpy().reshape(-1)
     lp = pb_utils.get_output_tensor_by_name(response, "output_log_probs")
     logprobs = lp.as_numpy().reshape(-1).tolist() if lp is not None else None
-    return Chunk(array[array >= 0].tolist(), logprobs)
+    return Chunk(array[array >= 0].tolist(), logprobs, top_logprobs(response))
+
+
+def top_logprobs(response) -> list | None:
+    """`top_token_ids`/`top_log_probs` ([1, 1, len, k]) as (ids, logprobs) per token."""
+    ids = pb_utils.get_output_tensor_by_name(response, "top_token_ids")
+    values = pb_utils.get_output_tensor_by_name(response, "top_log_probs")
+    if ids is None or values is None:
+        return None
+    ids, values = ids.as_numpy(), values.as_numpy()
+    k = ids.shape[-1]
+    return list(zip(ids.reshape(-1, k).tolist(), values.reshape(-1, k).tolist(), strict=True))

@@ -1,0 +1,250 @@
+"""Guided decoding and top logprobs in the engine, on the tiny model and its real tokenizer."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import jsonschema
+import pytest
+import torch
+
+from moe_engine import Engine, EngineConfig, SamplingParams, StepOutput
+from moe_engine.guided import Grammars, GuidedRows
+from moe_engine.python_backend.text import encode, load_tokenizer
+from moe_engine.sampler import Sampler
+
+TIMEOUT = 60
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    },
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+PALETTE = {
+    "type": "object",
+    "properties": {
+        "color": {"enum": ["red", "green", "blue"]},
+        "tags": {"type": "array", "items": {"type": "boolean"}, "maxItems": 3},
+        "size": {
+            "type": "object",
+            "properties": {"w": {"type": "integer", "minimum": 0, "maximum": 9}},
+            "required": ["w"],
+            "additionalProperties": False,
+        },
+    },
+    "required": ["color", "tags", "size"],
+    "additionalProperties": False,
+}
+CHAT = "<|im_start|>user\nDescribe it as JSON.<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> Iterator[Engine]:
+    engine = Engine.from_pretrained(tiny_model_dir, EngineConfig(max_batch_size=4, num_threads=1))
+    yield engine
+    engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def prompt(tiny_model_dir: Path) -> list[int]:
+    return encode(load_tokenizer(str(tiny_model_dir)), CHAT)
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.outputs: list[StepOutput] = []
+        self.done = threading.Event()
+
+    def __call__(self, output: StepOutput) -> None:
+        self.outputs.append(output)
+        if output.finished:
+            self.done.set()
+
+    def wait(self) -> Collector:
+        assert self.done.wait(TIMEOUT), "request did not finish in time"
+        return self
+
+    @property
+    def tokens(self) -> list[int]:
+        return [t for out in self.outputs for t in out.token_ids]
+
+    @property
+    def tops(self) -> list[tuple[list[int], list[float]]]:
+        return [t for out in self.outputs for t in out.top_logprobs or []]
+
+
+def params(engine: Engine, guide: tuple[str, str] | None = None, **kwargs) -> SamplingParams:
+    kwargs.setdefault("max_new_tokens", 96)
+    kwargs.setdefault("temperature", 0)
+    return SamplingParams(end_ids=engine.eos_token_ids, guide=guide, **kwargs)
+
+
+def submit_all(
+    engine: Engine, prompt: list[int], requests: list[SamplingParams]
+) -> list[Collector]:
+    """Submit before the engine runs, so they are prefilled and decoded in one batch."""
+    collectors = [Collector() for _ in requests]
+    for i, (p, c) in enumerate(zip(requests, collectors, strict=True)):
+        engine.submit(f"r{i}-{id(c)}", prompt, p, c)
+    engine.start()
+    return [c.wait() for c in collectors]
+
+
+def text(tiny_model_dir: Path, tokens: list[int]) -> str:
+    return load_tokenizer(str(tiny_model_dir)).tokenizer.decode(tokens)
+
+
+def schema_guide(schema: dict) -> tuple[str, str]:
+    return ("json_schema", json.dumps(schema))
+
+
+def test_json_schema_output_parses_and_validates(engine, prompt, tiny_model_dir) -> None:
+    (out,) = submit_all(engine, prompt, [params(engine, schema_guide(PERSON))])
+    assert out.outputs[-1].finish_reason == "stop"
+    jsonschema.validate(json.loads(text(tiny_model_dir, out.tokens)), PERSON)
+
+
+@pytest.fixture
+def fresh(tiny_model_dir: Path) -> Iterator[Engine]:
+    """Not started: what is submitted before `submit_all` starts it shares every step."""
+    engine = Engine.from_pretrained(tiny_model_dir, EngineConfig(max_batch_size=4, num_threads=1))
+    yield engine
+    engine.shutdown()
+
+
+def test_two_schemas_in_one_batch_do_not_leak_masks(engine, fresh, prompt, tiny_model_dir) -> None:
+    alone = [
+        submit_all(engine, prompt, [params(engine, schema_guide(s))])[0].tokens
+        for s in (PERSON, PALETTE)
+    ]
+    together = submit_all(
+        fresh, prompt, [params(fresh, schema_guide(PERSON)), params(fresh, schema_guide(PALETTE))]
+    )
+    for schema, out, tokens in zip((PERSON, PALETTE), together, alone, strict=True):
+        jsonschema.validate(json.loads(text(tiny_model_dir, out.tokens)), schema)
+        assert out.tokens == tokens  # greedy: the same as alone, whatever shares the batch
+
+
+def test_unguided_request_beside_a_guided_one_is_untouched(engine, fresh, prompt) -> None:
+    (alone,) = submit_all(engine, prompt, [params(engine, max_new_tokens=24)])
+    beside, _ = submit_all(
+        fresh, prompt, [params(fresh, max_new_tokens=24), params(fresh, schema_guide(PERSON))]
+    )
+    assert beside.tokens == alone.tokens
+
+
+def test_json_guide_gives_a_json_object(engine, prompt, tiny_model_dir) -> None:
+    (out,) = submit_all(engine, prompt, [params(engine, ("json", ""), max_new_tokens=200)])
+    if out.outputs[-1].finish_reason == "stop":
+        assert isinstance(json.loads(text(tiny_model_dir, out.tokens)), dict)
+    else:  # an object can go on for ever; what came so far must still be its start
+        assert text(tiny_model_dir, out.tokens).startswith("{")
+
+
+def test_regex_guide_output_matches(engine, prompt, tiny_model_dir) -> None:
+    pattern = r"(yes|no), [0-9]{2}"
+    (out,) = submit_all(engine, prompt, [params(engine, ("regex", pattern))])
+    assert out.outputs[-1].finish_reason == "stop"
+    assert re.fullmatch(pattern, text(tiny_model_dir, out.tokens))
+
+
+def test_ebnf_guide_output_is_in_the_language(engine, prompt, tiny_model_dir) -> None:
+    grammar = 'root ::= "A" ("b" | "c")+ "."'
+    (out,) = submit_all(engine, prompt, [params(engine, ("ebnf_grammar", grammar))])
+    assert re.fullmatch(r"A[bc]+\.", text(tiny_model_dir, out.tokens))
+
+
+@pytest.mark.parametrize(
+    ("guide", "words"),
+    [
+        (("json_schema", '{"type": "nope"}'), "nope"),
+        (("json_schema", "{not json"), "not JSON"),
+        (("json_schema", ""), "empty"),
+        (("regex", "[a-"), "regex"),
+        (("xml", "<a/>"), "unknown guided_decoding_guide_type"),
+    ],
+)
+def test_invalid_guide_is_refused_at_submit(engine, prompt, guide, words) -> None:
+    with pytest.raises(ValueError, match=r"^invalid guide:") as raised:
+        engine.submit("bad", prompt, params(engine, guide), Collector())
+    assert words in str(raised.value)
+
+
+def test_a_guide_is_compiled_once_and_the_cache_is_bounded(tiny_model_dir) -> None:
+    grammars = Grammars(tiny_model_dir, 4096, cache_size=2)
+    for _ in range(3):
+        grammars.matcher(*schema_guide(PERSON))
+    assert grammars.compiled == 1
+    grammars.matcher(*schema_guide(PALETTE))
+    grammars.matcher("regex", "[0-9]+")
+    assert grammars.cached() == 2
+    grammars.matcher(*schema_guide(PERSON))  # evicted, least recently used
+    assert grammars.compiled == 4
+
+
+def test_end_ids_are_allowed_only_where_the_grammar_accepts(tiny_model_dir) -> None:
+    grammars = Grammars(tiny_model_dir, 4096)
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    end = tokenizer.eos_ids[0]
+    matcher = grammars.matcher("regex", "[0-9]+")
+    rows = GuidedRows(4096, 2, grammars.eos_tokens())
+    logits = torch.zeros(1, 4096)
+    rows.apply(logits, [(0, matcher, (end,))])
+    allowed = (logits[0] > -float("inf")).nonzero().flatten().tolist()
+    assert end not in allowed
+    assert all(tokenizer.tokenizer.decode([t]).isdigit() for t in allowed)
+    matcher.consume_token(encode(tokenizer, "7")[0])
+    logits = torch.zeros(1, 4096)
+    rows.apply(logits, [(0, matcher, (end,))])
+    assert logits[0, end] == 0  # accepting now
+
+
+def test_masks_of_two_rows_are_each_their_own(tiny_model_dir) -> None:
+    grammars = Grammars(tiny_model_dir, 4096)
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    digits, letters = grammars.matcher("regex", "[0-9]+"), grammars.matcher("regex", "[a-z]+")
+    logits = torch.zeros(3, 4096)
+    GuidedRows(4096, 4, grammars.eos_tokens()).apply(logits, [(0, digits, ()), (2, letters, ())])
+    decode = tokenizer.tokenizer.decode
+    assert all(decode([t]).isdigit() for t in (logits[0] == 0).nonzero().flatten().tolist())
+    assert all(decode([t]).isalpha() for t in (logits[2] == 0).nonzero().flatten().tolist())
+    assert bool((logits[1] == 0).all())  # the unguided row between them
+
+
+def test_top_logprobs_are_sorted_and_agree_with_a_full_softmax() -> None:
+    torch.manual_seed(0)
+    sampler = Sampler(num_slots=2, vocab_size=50)
+    sampler.assign(0, SamplingParams(8, temperature=0.7, num_logprobs=5, seed=1), torch.tensor([1]))
+    sampler.assign(1, SamplingParams(8, temperature=0, num_logprobs=20), torch.tensor([1]))
+    logits = torch.randn(2, 50)
+    sampled = sampler.sample(logits.clone(), 0, 2)
+    for row, (k, temperature) in enumerate(((5, 0.7), (20, 1.0))):
+        ids, values = sampled.top[row]
+        assert len(ids) == len(values) == k
+        assert values == sorted(values, reverse=True)
+        full = (logits[row] / temperature).log_softmax(-1)
+        assert ids == full.argsort(descending=True)[:k].tolist()
+        assert values == pytest.approx(full[ids].tolist(), abs=1e-5)
+    assert sampled.top[1][0][0] == sampled.tokens[1]  # greedy picks the best
+
+
+def test_engine_returns_top_logprobs_per_token(engine, prompt) -> None:
+    (out,) = submit_all(
+        engine, prompt, [params(engine, max_new_tokens=8, num_logprobs=4, ignore_eos=True)]
+    )
+    assert len(out.tops) == len(out.tokens) == 8
+    for token, (ids, values) in zip(out.tokens, out.tops, strict=True):
+        assert ids[0] == token and len(ids) == 4
+        assert values == sorted(values, reverse=True)
+
+
+def test_num_logprobs_over_twenty_is_refused(engine, prompt) -> None:
+    with pytest.raises(ValueError, match="num_logprobs"):
+        engine.submit("many", prompt, params(engine, num_logprobs=21), Collector())
