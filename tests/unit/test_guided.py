@@ -248,3 +248,17 @@ def test_engine_returns_top_logprobs_per_token(engine, prompt) -> None:
 def test_num_logprobs_over_twenty_is_refused(engine, prompt) -> None:
     with pytest.raises(ValueError, match="num_logprobs"):
         engine.submit("many", prompt, params(engine, num_logprobs=21), Collector())
+
+
+def test_structural_tag_constrains_the_tagged_part(tiny_model_dir) -> None:
+    tag = {
+        "structures": [{"begin": "<tool>", "schema": PERSON, "end": "</tool>"}],
+        "triggers": ["<tool>"],
+    }
+    grammars = Grammars(tiny_model_dir, 4096)
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    matcher = grammars.matcher("structural_tag", json.dumps(tag))
+    assert matcher.consume_tokens(encode(tokenizer, "Sure. <tool>"))
+    assert not matcher.try_consume_tokens(encode(tokenizer, "hello"))  # JSON must follow
+    with pytest.raises(ValueError, match=r"^invalid guide: structural_tag"):
+        grammars.matcher("structural_tag", '{"structures": []}')
