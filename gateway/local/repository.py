@@ -19,7 +19,7 @@ from gateway.local import paths
 MODELS = ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "tensorrt_llm_bls")
 # The CPU profile also serves NVIDIA's LLM-API tensor interface over the same engine, so the
 # gateway's llmapi protocol runs against a real Triton without a GPU.
-CPU_MODELS = ("llmapi",)
+CPU_MODELS = ("llmapi", "embeddings")
 # Written only for a vision checkpoint (one with `vision/config.json`).
 VISION_MODELS = ("multimodal_encoders", "ensemble_multimodal")
 ENCODER_MODEL = "multimodal_encoders"
@@ -49,6 +49,8 @@ PROFILES: dict[str, dict[str, str]] = {
         "llmapi_model_name": "llmapi",
         "llmapi_engine_model": "tensorrt_llm",
         "llmapi_multimodal": "false",
+        # Concurrent embeddings requests wait up to this long to share one forward.
+        "embeddings_max_queue_delay_microseconds": "2000",
     },
 }
 

@@ -16,7 +16,8 @@ from gateway.local.repository import fill_repository
 from tests.support import byte_level_tokenizer
 
 TEXT_MODELS = (
-    "preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "tensorrt_llm_bls", "llmapi"
+    "preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "tensorrt_llm_bls", "llmapi",
+    "embeddings",
 )  # fmt: skip
 VISION_MODELS = (*TEXT_MODELS, "multimodal_encoders", "ensemble_multimodal")
 
