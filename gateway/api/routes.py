@@ -62,7 +62,9 @@ health = APIRouter(prefix="/health")
 async def list_models(request: Request) -> Response:
     """The served models this caller may use."""
     principal = authenticate(request)
-    models = _service(request).models()
+    service = _service(request)
+    await service.learn_capabilities()
+    models = service.models()
     if principal.models is not None:
         models = [m for m in models if principal.allows_model(m.id)]
     return _json(ModelList(data=models))
@@ -73,7 +75,9 @@ async def retrieve_model(model_id: str, request: Request) -> Response:
     """One model, or 404 `model_not_found`."""
     if not authenticate(request).allows_model(model_id):
         raise ModelNotFound(model_id)
-    return _json(_service(request).model(model_id))
+    service = _service(request)
+    await service.learn_capabilities()
+    return _json(service.model(model_id))
 
 
 async def create_chat_completion(request: Request) -> Response:

@@ -25,7 +25,7 @@ class Choice:
     seen: bool = False
     chars: int = 0
     text: list[str] = dataclasses.field(default_factory=list)
-    logprobs: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    logprobs: list[TokenEntry] = dataclasses.field(default_factory=list)
     finish_reason: str | None = None
     input_tokens: int | None = None
     output_tokens: int = 0
@@ -48,10 +48,31 @@ class Choice:
             self.finish_reason = _finish_reason(delta.finish_reason)
 
 
-def token_logprobs(delta: Delta) -> list[tuple[str, float]]:
-    """The delta's tokens as (text, logprob). Triton gives the logprobs of a delta's tokens but
+@dataclass(frozen=True, slots=True)
+class TokenEntry:
+    """One generated token's logprob, and its alternatives when asked for."""
+
+    text: str
+    """Its text where the route does not say which token it was (`token_id` None)."""
+    logprob: float
+    token_id: int | None = None
+    top: tuple[tuple[int, float], ...] = ()
+    """(token id, logprob) of the most likely tokens at this step, best first."""
+
+
+def token_logprobs(delta: Delta) -> list[TokenEntry]:
+    """The delta's tokens. Without token ids Triton gives the logprobs of a delta's tokens but
     not their strings: the first carries the delta's text, so the tokens concatenate to it."""
-    return [(delta.text if i == 0 else "", lp) for i, lp in enumerate(delta.logprobs or ())]
+    lps = delta.logprobs or ()
+    ids, top_ids, top_lps = delta.token_ids, delta.top_ids, delta.top_logprobs
+    entries = []
+    for i, lp in enumerate(lps):
+        token_id = ids[i] if ids is not None and i < len(ids) else None
+        top: tuple[tuple[int, float], ...] = ()
+        if top_ids is not None and top_lps is not None and i < len(top_ids):
+            top = tuple(sorted(zip(top_ids[i], top_lps[i], strict=False), key=lambda t: -t[1]))
+        entries.append(TokenEntry(delta.text if i == 0 else "", lp, token_id, top))
+    return entries
 
 
 def usage(job: Job, choices: Sequence[Choice]) -> protocol.Usage:

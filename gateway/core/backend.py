@@ -28,6 +28,14 @@ class SamplingOptions:
     ignore_eos: bool = False
     stop: tuple[str, ...] = ()
     logprobs: bool = False
+    top_logprobs: int = 0
+    """Alternatives per token, best first (TensorRT-LLM's `num_logprobs`)."""
+    guide_type: str | None = None
+    """TensorRT-LLM's guided-decoding type: `json`, `json_schema`, `regex`, `ebnf_grammar`."""
+    guide: str | None = None
+    """The schema (JSON text), regex or grammar of `guide_type`."""
+    guide_param: str = "response_format"
+    """The OpenAI parameter the guide came from, named when the route cannot take it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +64,12 @@ class Delta:
     num_input_tokens: int | None = None
     num_output_tokens: int | None = None
     logprobs: tuple[float, ...] | None = None
+    token_ids: tuple[int, ...] | None = None
+    """The tokens behind `text` (routes that report them with top logprobs)."""
+    top_ids: tuple[tuple[int, ...], ...] | None = None
+    """Per token, the `top_logprobs` most likely token ids, best first."""
+    top_logprobs: tuple[tuple[float, ...], ...] | None = None
+    """Their logprobs, matching `top_ids`."""
 
 
 class Backend(Protocol):

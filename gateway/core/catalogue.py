@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,10 @@ log = logging.getLogger("localmoe.models")
 _FALLBACK_ROUTES = ("ensemble", "tensorrt_llm")
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length")
 _VISION_CONFIG = "vision/config.json"
+EMBEDDINGS_ROUTE = "embeddings"
+"""The repository model that serves `/v1/embeddings` for the repository's model."""
+MAX_TOP_LOGPROBS = 20
+"""OpenAI's limit on chat `top_logprobs`, and the engines' (`num_logprobs`)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,14 +58,25 @@ class ServedModel:
     """The placeholder its chat template writes for an image (`vision/config.json`)."""
     image_tokens: int | None = None
     """Prompt tokens one image takes (F features); None: unknown before Triton reports it."""
+    embeddings: bool = False
+    """Serves `/v1/embeddings` (Triton's repository has the `embeddings` model)."""
 
-    def card(self) -> protocol.Model:
-        """The model's `/v1/models` entry."""
+    def card(self, inputs: AbstractSet[str] | None = None) -> protocol.Model:
+        """The model's `/v1/models` entry; `inputs`, the tensors its route declares, tell what
+        else it can do (guided decoding, top logprobs)."""
+        inputs = inputs or frozenset()
+        guided = "guided_decoding_guide" in inputs
         return protocol.Model(
             id=self.id,
             created=self.created,
             max_model_len=self.context_length,
-            capabilities=protocol.ModelCapabilities(vision=self.vision),
+            capabilities=protocol.ModelCapabilities(
+                vision=self.vision,
+                structured_outputs=guided,
+                tools=guided,
+                top_logprobs=MAX_TOP_LOGPROBS if "num_logprobs" in inputs else 0,
+                embeddings=self.embeddings,
+            ),
         )
 
 
@@ -126,11 +142,21 @@ class Catalogue:
                 bool(config.get("multimodal_encoders_name"))
                 or config.get("multimodal", "").lower() == "true"
             )
-            await self._add(model_id, route, Path(tokenizer_dir), entry, vision=vision)
+            embeddings = EMBEDDINGS_ROUTE in repository
+            await self._add(
+                model_id, route, Path(tokenizer_dir), entry, vision=vision, embeddings=embeddings
+            )
         self._pending = waiting
 
     async def _add(
-        self, model_id: str, route: str, tokenizer_dir: Path, entry: ModelSettings, *, vision: bool
+        self,
+        model_id: str,
+        route: str,
+        tokenizer_dir: Path,
+        entry: ModelSettings,
+        *,
+        vision: bool,
+        embeddings: bool = False,
     ) -> None:
         if entry.vision is not None:
             vision = entry.vision
@@ -143,6 +169,7 @@ class Catalogue:
                 entry.context_length,
                 cache=entry.cache,
                 vision=vision,
+                embeddings=embeddings,
             )
         except (OSError, ValueError) as exc:
             log.error("cannot serve model %s from %s: %s", model_id, tokenizer_dir, exc)
@@ -166,6 +193,7 @@ def load_model(
     *,
     cache: bool = True,
     vision: bool = False,
+    embeddings: bool = False,
 ) -> ServedModel:
     """Read a model's tokenizer, chat template, context length and image placeholder from its
     folder (blocking)."""
@@ -182,6 +210,7 @@ def load_model(
         vision=vision,
         image_token=image_token,
         image_tokens=image_tokens,
+        embeddings=embeddings,
     )
 
 

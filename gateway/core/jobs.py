@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from gateway.core import validation
+from gateway.core import structured, validation
 from gateway.core.backend import SamplingOptions
 from gateway.core.catalogue import Catalogue, ServedModel
 from gateway.core.context import CallContext
@@ -49,6 +49,8 @@ class Job:
     image_tokens: int = 0
     """Prompt tokens the images add beyond their one placeholder token each (a tokenizer count
     of the prompt misses them)."""
+    tool_calls: bool = False
+    """The (constrained) output is tool calls, parsed into `message.tool_calls`."""
 
     @property
     def choices(self) -> int:
@@ -89,6 +91,8 @@ class JobBuilder:
         )
         loaded = await self.images.load(parts)
         logprobs = bool(request.logprobs)
+        guide = structured.guide_of(request)
+        top = (request.top_logprobs or 0) if logprobs else 0
         return Job(
             kind=CHAT,
             model=model,
@@ -96,13 +100,16 @@ class JobBuilder:
             prompt_tokens=counts,
             special_tokens=False,
             stream=bool(request.stream) or logprobs,
-            options=validation.sampling_options(request, max_tokens, logprobs=logprobs),
+            options=validation.sampling_options(
+                request, max_tokens, logprobs=logprobs, top_logprobs=top, guide=guide
+            ),
             n=request.n or 1,
             include_usage=_include_usage(request),
             cache_key=self._cache_key(request, model, ctx, [i.sha256 for i in loaded]),
             affinity=ctx.session or request.user,
             images=tuple(image.data_url for image in loaded),
             image_tokens=extra,
+            tool_calls=guide is not None and guide.tool_calls,
         )
 
     async def completion(self, request: CompletionRequest, ctx: CallContext) -> Job:
@@ -121,7 +128,9 @@ class JobBuilder:
             prompt_tokens=counts,
             special_tokens=True,
             stream=bool(request.stream) or logprobs,
-            options=validation.sampling_options(request, max_tokens, logprobs=logprobs),
+            options=validation.sampling_options(
+                request, max_tokens, logprobs=logprobs, top_logprobs=request.logprobs or 0
+            ),
             n=request.n or 1,
             include_usage=_include_usage(request),
             cache_key=self._cache_key(request, model, ctx),

@@ -13,9 +13,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import to_json
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 Prompt = str | list[str] | list[int] | list[list[int]]
 """A completion prompt: text, texts, token ids, or lists of token ids."""
+EmbeddingInput = str | list[str] | list[int] | list[list[int]]
+"""Embeddings input: a text, texts, one input's token ids, or several inputs' token ids."""
 
 
 def _is_none(value: object) -> bool:
@@ -73,8 +75,16 @@ class ChatMessage(_Request):
     tool_call_id: str | None = None
 
 
+class JSONSchemaFormat(_Request):
+    name: str
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
 class ResponseFormat(_Request):
     type: str
+    json_schema: JSONSchemaFormat | None = None
 
 
 class _SamplingRequest(_Request):
@@ -110,6 +120,7 @@ class ChatCompletionRequest(_SamplingRequest):
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(_SamplingRequest):
@@ -147,9 +158,22 @@ class ChoiceLogprobs(_Response):
     content: list[TokenLogprob] | None = None
 
 
+class FunctionCallOut(_Response):
+    name: str
+    arguments: str
+    """The arguments object as JSON text."""
+
+
+class ToolCallOut(_Response):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class ChatCompletionMessage(_Response):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCallOut] | None = Field(default=None, exclude_if=_is_none)
 
 
 class ChatCompletionChoice(_Response):
@@ -169,10 +193,24 @@ class ChatCompletionResponse(_Response):
     system_fingerprint: str | None = None
 
 
+class DeltaFunction(_Response):
+    name: str | None = Field(default=None, exclude_if=_is_none)
+    arguments: str | None = None
+
+
+class DeltaToolCall(_Response):
+    # OpenAI's shape: index always; id, type and name in a call's first delta only.
+    index: int
+    id: str | None = Field(default=None, exclude_if=_is_none)
+    type: Literal["function"] | None = Field(default=None, exclude_if=_is_none)
+    function: DeltaFunction
+
+
 class DeltaMessage(_Response):
     # OpenAI sends `{"role": "assistant", "content": ""}`, then `{"content": "…"}`, then `{}`.
     role: Literal["assistant"] | None = Field(default=None, exclude_if=_is_none)
     content: str | None = Field(default=None, exclude_if=_is_none)
+    tool_calls: list[DeltaToolCall] | None = Field(default=None, exclude_if=_is_none)
 
 
 class ChatCompletionStreamChoice(_Response):
@@ -218,9 +256,44 @@ class CompletionResponse(_Response):
     usage: Usage | None = Field(default=None, exclude_if=_is_none)  # only on the last chunk
 
 
+class EmbeddingRequest(_Request):
+    model: str
+    input: EmbeddingInput
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+
+class Embedding(_Response):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+    """Floats, or with `encoding_format: base64` their little-endian float32 bytes in base64."""
+
+
+class EmbeddingUsage(_Response):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(_Response):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
 class ModelCapabilities(_Response):
     vision: bool = False
     """Takes `image_url` content parts in chat messages."""
+    structured_outputs: bool = False
+    """Takes `response_format` `json_object` and `json_schema` (guided decoding)."""
+    tools: bool = False
+    """Takes `tools` with `tool_choice` `required` or a named function (guided decoding)."""
+    top_logprobs: int = 0
+    """The most `top_logprobs` (chat) it returns; completions take up to 5 of them."""
+    embeddings: bool = False
+    """Serves `/v1/embeddings` (its repository has the `embeddings` model)."""
 
 
 class Model(_Response):

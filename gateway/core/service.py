@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from gateway.core import accounting, cached, fanout, protocol
 from gateway.core.accounting import Choice
 from gateway.core.backend import Backend, Delta
-from gateway.core.catalogue import Catalogue
+from gateway.core.catalogue import Catalogue, ServedModel
 from gateway.core.context import CallContext
 from gateway.core.jobs import Job, JobBuilder
 from gateway.core.metrics import GenerationClock
@@ -49,6 +49,10 @@ class Service(Protocol):
 
     def model(self, model_id: str) -> protocol.Model:
         """One model's entry, or `ModelNotFound`."""
+        ...
+
+    async def learn_capabilities(self) -> None:
+        """Ask the backend what each model's route can do, where it has not said yet."""
         ...
 
     async def chat(
@@ -89,6 +93,8 @@ class OpenAIService:
         self.backend = backend
         self.cache = cache
         self.jobs = JobBuilder(catalogue, limits, caching=cache is not None, images=images)
+        self._inputs: dict[str, frozenset[str]] = {}
+        """Each route's input tensors, once the backend has said (`learn_capabilities`)."""
 
     def reconfigure(
         self,
@@ -112,11 +118,24 @@ class OpenAIService:
 
     def models(self) -> list[protocol.Model]:
         """The `/v1/models` entries."""
-        return [model.card() for model in self.catalogue.all()]
+        return [self._card(model) for model in self.catalogue.all()]
 
     def model(self, model_id: str) -> protocol.Model:
         """One model's entry, or `ModelNotFound`."""
-        return self.catalogue.get(model_id).card()
+        return self._card(self.catalogue.get(model_id))
+
+    async def learn_capabilities(self) -> None:
+        """Ask the backend what each model's route can do, where it has not said yet."""
+        learn = getattr(self.backend, "route_inputs", None)
+        for model in self.catalogue.all():
+            if learn is not None and model.route not in self._inputs:
+                inputs = await learn(model.route)
+                if inputs is not None:
+                    self._inputs[model.route] = inputs
+
+    def _card(self, model: ServedModel) -> protocol.Model:
+        # What a route can do is in the tensors it declares, which only the backend learns.
+        return model.card(self._inputs.get(model.route))
 
     async def chat(
         self, request: ChatCompletionRequest, ctx: CallContext
@@ -172,7 +191,8 @@ class OpenAIService:
                 if piece is not None:
                     yield piece
                 if choice.finish_reason is not None:
-                    yield shape.finish(index, choice.finish_reason)
+                    for chunk in shape.finish(index, choice.finish_reason):
+                        yield chunk
         if job.include_usage:
             yield shape.usage(self._usage(job, choices, hit))
 

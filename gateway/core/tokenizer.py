@@ -19,6 +19,8 @@ class PromptTokenizer:
 
     def __init__(self, tokenizer: Tokenizer):
         self._tokenizer = tokenizer
+        self._texts: dict[int, str] = {}
+        self._byte_level = "ByteLevel" in repr(tokenizer.decoder)
         normalizer = tokenizer.normalizer
         self._expansion = _EXPANSION.get(None if normalizer is None else type(normalizer).__name__)
         if self._expansion is not None and _adds_prefix_spaces(tokenizer):
@@ -57,11 +59,43 @@ class PromptTokenizer:
         floor overflows the context is refused without tokenising it (megabytes cost seconds)."""
         return len(text.encode()) // self._max_token_bytes
 
+    def token_text(self, token_id: int) -> str:
+        """One token's text as it reads in the output (cached: logprobs render many per token)."""
+        text = self._texts.get(token_id)
+        if text is None:
+            text = self._texts[token_id] = self._tokenizer.decode(
+                [token_id], skip_special_tokens=False
+            )
+        return text
+
+    def token_bytes(self, token_id: int) -> list[int]:
+        """One token's UTF-8 bytes: a byte-level token may hold part of a character, which its
+        text cannot show."""
+        piece = self._tokenizer.id_to_token(token_id)
+        if self._byte_level and piece is not None and all(c in _UNICODE_TO_BYTE for c in piece):
+            return [_UNICODE_TO_BYTE[c] for c in piece]
+        return list(self.token_text(token_id).encode())
+
     async def count_async(self, text: str, *, add_special_tokens: bool) -> int:
         """`count` that keeps long prompts off the event loop."""
         if len(text) < _INLINE_CHARS:
             return self.count(text, add_special_tokens=add_special_tokens)
         return await asyncio.to_thread(self.count, text, add_special_tokens=add_special_tokens)
+
+
+def _byte_to_unicode() -> dict[int, str]:
+    # GPT-2's printable stand-ins for the 256 byte values, which byte-level vocabularies spell in.
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+_UNICODE_TO_BYTE = {c: b for b, c in _byte_to_unicode().items()}
 
 
 def _adds_prefix_spaces(tokenizer: Tokenizer) -> bool:

@@ -11,7 +11,9 @@ import math
 import struct
 from typing import Any, NoReturn
 
+from gateway.core import structured
 from gateway.core.backend import SamplingOptions
+from gateway.core.catalogue import MAX_TOP_LOGPROBS
 from gateway.core.protocol import (
     ChatCompletionRequest,
     ChatMessage,
@@ -22,7 +24,7 @@ from gateway.core.protocol import (
 from gateway.errors import ContextLengthExceeded, InvalidRequest
 from gateway.settings import RequestSettings
 
-_MAX_TOP_LOGPROBS = 20
+_MAX_TOP_LOGPROBS = MAX_TOP_LOGPROBS
 _MAX_COMPLETION_LOGPROBS = 5
 
 OpenAIRequest = ChatCompletionRequest | CompletionRequest
@@ -46,15 +48,8 @@ def check_chat(request: ChatCompletionRequest, limits: RequestSettings) -> None:
             raise InvalidRequest(
                 "'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs"
             )
-        if request.top_logprobs > 0:
-            _unsupported(
-                "top_logprobs",
-                "this engine returns the sampled token's logprob only; use top_logprobs=0",
-            )
-    if request.response_format is not None and request.response_format.type != "text":
-        _unsupported("response_format", f"type '{request.response_format.type}'")
-    if request.tool_choice not in (None, "none", "auto"):
-        _unsupported("tool_choice", "this gateway does not parse tool calls")
+    structured.check_response_format(request)
+    structured.check_tools(request)
     _check_common(request, limits, generations=request.n or 1)
 
 
@@ -69,10 +64,6 @@ def check_completion(request: CompletionRequest, limits: RequestSettings) -> Non
         _at_least("max_tokens", request.max_tokens, 1)
     if request.logprobs is not None:
         _between("logprobs", request.logprobs, 0, _MAX_COMPLETION_LOGPROBS)
-        if request.logprobs > 0:
-            _unsupported(
-                "logprobs", "this engine returns the sampled token's logprob only; use logprobs=0"
-            )
         if request.echo:
             _unsupported("echo", "echo together with logprobs (prompt logprobs)")
     if request.suffix is not None:
@@ -121,7 +112,14 @@ def fit_context(
     return max_tokens
 
 
-def sampling_options(request: OpenAIRequest, max_tokens: int, *, logprobs: bool) -> SamplingOptions:
+def sampling_options(
+    request: OpenAIRequest,
+    max_tokens: int,
+    *,
+    logprobs: bool,
+    top_logprobs: int = 0,
+    guide: structured.Guide | None = None,
+) -> SamplingOptions:
     """The engine-neutral sampling settings of a validated request, given its budget; 400 when
     `min_tokens` is over a budget the client left to the context and this server's limit."""
     if request.min_tokens is not None and request.min_tokens > max_tokens:
@@ -144,6 +142,10 @@ def sampling_options(request: OpenAIRequest, max_tokens: int, *, logprobs: bool)
         ignore_eos=bool(request.ignore_eos),
         stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
         logprobs=logprobs,
+        top_logprobs=top_logprobs,
+        guide_type=None if guide is None else guide.type,
+        guide=None if guide is None else guide.schema,
+        guide_param="response_format" if guide is None else guide.param,
     )
 
 

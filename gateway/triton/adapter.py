@@ -10,8 +10,11 @@ and going through numpy object arrays would cost more than everything else on th
 
 from __future__ import annotations
 
+import dataclasses
 import struct
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
+from typing import Any
 
 from tritonclient.grpc import service_pb2
 
@@ -58,6 +61,9 @@ def build_request(
         ("ignore_eos", p.ignore_eos or None, "BOOL", "ignore_eos", None),
         ("stop_words", p.stop or None, "BYTES", "stop", None),
         ("return_log_probs", p.logprobs or None, "BOOL", "logprobs", None),
+        ("num_logprobs", p.top_logprobs or None, "INT32", "top_logprobs", None),
+        ("guided_decoding_guide_type", _one(p.guide_type), "BYTES", p.guide_param, None),
+        ("guided_decoding_guide", _one(p.guide), "BYTES", p.guide_param, None),
     ]
     infer = service_pb2.ModelInferRequest(model_name=route, id=request.request_id)
     inputs, contents = infer.inputs, infer.raw_input_contents
@@ -108,7 +114,8 @@ def build_stop(route: str, request_id: str) -> service_pb2.ModelInferRequest:
 
 def parse(response: service_pb2.ModelInferResponse) -> tuple[Delta, bool]:
     """One streamed response as a `Delta`, and whether it is the request's last."""
-    raw = {o.name: c for o, c in zip(response.outputs, response.raw_output_contents, strict=False)}
+    outputs = response.outputs
+    raw = {o.name: c for o, c in zip(outputs, response.raw_output_contents, strict=False)}
     final_flag = response.parameters.get("triton_final_response")
     final = bool(final_flag and final_flag.bool_param)
     # The last delta always names a reason, even from a route that only flags the end.
@@ -120,7 +127,32 @@ def parse(response: service_pb2.ModelInferResponse) -> tuple[Delta, bool]:
         num_output_tokens=_int32(raw.get("num_output_tokens")),
         logprobs=_float32s(raw.get("output_log_probs")),
     )
+    if "top_token_ids" in raw:
+        delta = _with_top_logprobs(delta, raw, outputs)
     return delta, finish_reason is not None
+
+
+def _with_top_logprobs(delta: Delta, raw: dict[str, bytes], outputs: Sequence[Any]) -> Delta:
+    # The BLS's [1, tokens, k] per response (tensorrt_llm's [1, beam, tokens, k] is not a route).
+    shape = next(o.shape for o in outputs if o.name == "top_token_ids")
+    k = int(shape[-1]) if shape else 0
+    ids, lps = raw["top_token_ids"], raw.get("top_log_probs", b"")
+    if not k or not ids:
+        return delta
+    flat_ids = struct.unpack(f"<{len(ids) // 4}i", ids)
+    flat_lps = struct.unpack(f"<{len(lps) // 4}f", lps)
+    rows = range(0, len(flat_ids), k)
+    tokens = raw.get("output_token_ids")
+    return dataclasses.replace(
+        delta,
+        token_ids=struct.unpack(f"<{len(tokens) // 4}i", tokens) if tokens else None,
+        top_ids=tuple(flat_ids[i : i + k] for i in rows),
+        top_logprobs=tuple(flat_lps[i : i + k] for i in rows),
+    )
+
+
+def _one(value: str | None) -> tuple[str, ...] | None:
+    return (value,) if value else None
 
 
 def _bytes(items: tuple[str, ...]) -> bytes:

@@ -12,7 +12,7 @@ import grpc
 from tritonclient.utils import InferenceServerException
 
 from gateway.core.backend import Delta, GenerationRequest
-from gateway.errors import UpstreamUnavailable
+from gateway.errors import InvalidRequest, UpstreamError, UpstreamUnavailable
 from gateway.triton import adapter, llmapi
 from gateway.triton.discovery import RouteTensors, route_tensors
 from gateway.triton.pool import TritonPool
@@ -20,6 +20,8 @@ from gateway.triton.pool import TritonPool
 # Routes with a `finish_reason` output (LocalMoE's text routes: `tensorrt_llm_bls`) always leave
 # the prompt out of their text and report token counts, so these switches, which NVIDIA's routes
 # need, change nothing there; each input tensor costs Triton work on every request.
+_INVALID_GUIDE = "invalid guide:"
+_SCHEMA_PARAM = "response_format.json_schema.schema"  # gateway.core.structured's, a layer up
 _NO_OP_SWITCHES = frozenset(
     {"exclude_input_in_output", "return_num_input_tokens", "return_num_output_tokens"}
 )
@@ -51,7 +53,13 @@ class TritonBackend:
         self, route: str, request: GenerationRequest, tensors: RouteTensors
     ) -> AsyncGenerator[Delta, None]:
         key = request.affinity or request.prompt[: self.pool.settings.affinity_prefix_chars]
+        p = request.params
         if llmapi.speaks_llmapi(tensors.inputs):
+            if p.guide_type:  # NVIDIA's LLM-API model has no guided-decoding tensors
+                raise InvalidRequest(
+                    f"'{p.guide_param}' is not supported by this model (no guided decoding).",
+                    param=p.guide_param,
+                )
             # NVIDIA's LLM-API model: its own tensors, cumulative text; it takes `stop` by id.
             infer = llmapi.build_request(route, request, tensors.inputs)
             stop = partial(llmapi.build_stop, route)
@@ -62,20 +70,54 @@ class TritonBackend:
         # Routes that take `stop` share streams and are stopped by id; others get their own RPC.
         stop = partial(adapter.build_stop, route) if "stop" in tensors.inputs else None
         stream = self.pool.stream(infer, parse=adapter.parse, stop=stop, affinity_key=key)
+        if p.guide_type:
+            stream = _guide_errors(stream, p.guide_param)
         if "finish_reason" in tensors.outputs:
             return stream
         return _ensemble_semantics(stream, request.params.max_tokens)
 
+    async def route_inputs(self, route: str) -> frozenset[str] | None:
+        """The input tensors `route` declares (what it can be asked for); None when no
+        upstream can say now."""
+        tensors = self._routes.get(route)
+        if tensors is None:
+            try:
+                tensors = await self._learn(route)
+            except UpstreamUnavailable:
+                return None
+        return tensors.inputs
+
     async def _generate_first(
         self, route: str, request: GenerationRequest
     ) -> AsyncGenerator[Delta, None]:
+        tensors = await self._learn(route)
+        async with aclosing(self._stream(route, request, tensors)) as stream:
+            async for delta in stream:
+                yield delta
+
+    async def _learn(self, route: str) -> RouteTensors:
         tensors = await _first_answer(self.pool.ready_clients(), route)
         if "finish_reason" in tensors.outputs:
             tensors = RouteTensors(tensors.inputs - _NO_OP_SWITCHES, tensors.outputs)
         self._routes[route] = tensors
-        async with aclosing(self._stream(route, request, tensors)) as stream:
+        return tensors
+
+
+async def _guide_errors(
+    stream: AsyncGenerator[Delta, None], param: str
+) -> AsyncGenerator[Delta, None]:
+    # The engine compiles the guide when the request arrives: one it cannot take is the
+    # client's 400 (the gateway's own schema check leaves few), not an upstream failure.
+    async with aclosing(stream):
+        try:
             async for delta in stream:
                 yield delta
+        except UpstreamError as exc:
+            if _INVALID_GUIDE not in str(exc):
+                raise
+            message = str(exc)[str(exc).index(_INVALID_GUIDE) :]
+            param = _SCHEMA_PARAM if param == "response_format" else param
+            raise InvalidRequest(f"The engine refused the schema: {message}", param=param) from None
 
 
 async def _first_answer(clients: list[Any], route: str) -> RouteTensors:

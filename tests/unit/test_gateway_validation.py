@@ -25,6 +25,9 @@ def completion(**fields: Any) -> CompletionRequest:
     return CompletionRequest.model_validate({"model": "m", "prompt": "hi", **fields})
 
 
+_TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
@@ -41,8 +44,28 @@ def completion(**fields: Any) -> CompletionRequest:
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"logprobs": True, "top_logprobs": 30}, "top_logprobs"),
         ({"logit_bias": {"50256": -100}}, "logit_bias"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "xml"}}, "response_format.type"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "nope"}},
+                }
+            },
+            "response_format.json_schema.schema",
+        ),
         ({"tool_choice": "required"}, "tool_choice"),
+        ({"tool_choice": "sometimes", "tools": [_TOOL]}, "tool_choice"),
+        (
+            {"tool_choice": {"type": "function", "function": {"name": "other"}}, "tools": [_TOOL]},
+            "tool_choice.function.name",
+        ),
+        ({"tools": [{"type": "retrieval"}]}, "tools[0]"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 3}}}]},
+            "tools[0].function.parameters",
+        ),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"min_tokens": 9, "max_tokens": 4}, "min_tokens"),
         ({"min_tokens": 2**40}, "min_tokens"),
@@ -72,7 +95,7 @@ def test_chat_rejections_name_the_parameter(fields: dict[str, Any], param: str) 
     [
         ({"prompt": []}, "prompt"),
         ({"prompt": [1, 2, 3]}, "prompt"),
-        ({"logprobs": 3}, "logprobs"),
+        ({"logprobs": 6}, "logprobs"),
         ({"suffix": "x"}, "suffix"),
         ({"best_of": 3}, "best_of"),
         ({"echo": True, "logprobs": 0}, "echo"),

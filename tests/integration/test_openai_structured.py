@@ -1,0 +1,345 @@
+"""Structured outputs, tool calls and top logprobs through the official OpenAI SDK against the
+real gateway and Triton: the CPU engine constrains every answer to its schema token by token."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any
+
+import jsonschema
+import openai
+import pytest
+from pydantic import BaseModel, Field
+
+from tests.gateway_fixtures import GatewayProcess
+
+
+class Colour(StrEnum):
+    red = "red"
+    green = "green"
+    blue = "blue"
+
+
+class Shape(BaseModel):
+    name: str = Field(max_length=12)
+    sides: int = Field(ge=0, le=12)
+    colour: Colour
+
+
+PROMPTS = [
+    "Describe a red triangle.",
+    "What shape has four sides?",
+    "Name a blue circle.",
+    "Tell me about a green square.",
+    "What does the json module do?",
+    "Describe any shape you like.",
+    "A hexagon, please.",
+    "What is in this image?",
+    "Give me a shape with no corners.",
+    "Which shape is the most round?",
+    "Pick a colour and a shape.",
+    "Describe a stop sign.",
+    "What is a pentagon?",
+    "Draw a small blue square.",
+    "Is a circle a polygon?",
+    "Describe the shape of a coin.",
+    "What shape is a slice of pizza?",
+    "Name a shape with twelve sides.",
+    "Describe a green triangle.",
+    "Which shape tiles the plane?",
+]
+
+NESTED = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string", "maxLength": 16},
+        "kind": {"enum": ["circle", "square", "triangle"]},
+        "size": {
+            "type": "object",
+            "properties": {
+                "w": {"type": "integer", "minimum": 1, "maximum": 99},
+                "h": {"type": "integer", "minimum": 1, "maximum": 99},
+            },
+            "required": ["w", "h"],
+            "additionalProperties": False,
+        },
+        "tags": {
+            "type": "array",
+            "items": {"type": "string", "maxLength": 8},
+            "minItems": 1,
+            "maxItems": 3,
+        },
+        "filled": {"type": "boolean"},
+    },
+    "required": ["title", "kind", "size", "tags", "filled"],
+    "additionalProperties": False,
+}
+
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 16},
+        "unit": {"enum": ["celsius", "fahrenheit"]},
+    },
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+SEARCH = {
+    "type": "object",
+    "properties": {
+        "query": {"type": "string", "maxLength": 24},
+        "limit": {"type": "integer", "minimum": 1, "maximum": 10},
+    },
+    "required": ["query", "limit"],
+    "additionalProperties": False,
+}
+TOOLS: list[Any] = [
+    {
+        "type": "function",
+        "function": {"name": "get_weather", "description": "The weather.", "parameters": WEATHER},
+    },
+    {
+        "type": "function",
+        "function": {"name": "search", "description": "Search the web.", "parameters": SEARCH},
+    },
+]
+SCHEMAS = {"get_weather": WEATHER, "search": SEARCH}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def _chat(client: openai.OpenAI, model_id: str, **kw: Any) -> Any:
+    kw.setdefault("messages", ASK)
+    kw.setdefault("max_tokens", 96)
+    kw.setdefault("temperature", 0)
+    return client.chat.completions.create(model=model_id, **kw)
+
+
+def _schema_format(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_parse_returns_the_pydantic_object(
+    client: openai.OpenAI, model_id: str, prompt: str
+) -> None:
+    reply = client.chat.completions.parse(
+        model=model_id,
+        messages=[{"role": "user", "content": prompt}],
+        response_format=Shape,
+        max_tokens=64,
+        temperature=0,
+    )
+    message = reply.choices[0].message
+    assert isinstance(message.parsed, Shape), message.content
+    assert reply.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_json_schema_answers_validate_with_nested_objects_enums_and_arrays(
+    client: openai.OpenAI, model_id: str, stream: bool
+) -> None:
+    for temperature in (0.0, 1.0):
+        kw = {"response_format": _schema_format(NESTED), "temperature": temperature, "seed": 7}
+        if stream:
+            chunks = list(_chat(client, model_id, stream=True, **kw))
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            text = _chat(client, model_id, **kw).choices[0].message.content
+        jsonschema.validate(json.loads(text), NESTED)
+
+
+def test_json_object_answers_are_json_objects(client: openai.OpenAI, model_id: str) -> None:
+    reply = _chat(client, model_id, response_format={"type": "json_object"}, max_tokens=128)
+    if reply.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(reply.choices[0].message.content), dict)
+    else:  # cut off by max_tokens: still the beginning of an object
+        assert reply.choices[0].message.content.lstrip().startswith("{")
+
+
+def test_an_invalid_schema_is_a_400_naming_the_schema(client: openai.OpenAI, model_id: str) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        _chat(
+            client,
+            model_id,
+            response_format=_schema_format({"type": "object", "minProperties": -1}),
+        )
+    assert exc.value.body["param"] == "response_format.json_schema.schema"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "tool_choice",
+    ["required", {"type": "function", "function": {"name": "search"}}],
+    ids=["required", "named"],
+)
+def test_forced_tool_calls_parse_and_validate_against_the_function_schema(
+    client: openai.OpenAI, model_id: str, tool_choice: Any
+) -> None:
+    reply = _chat(client, model_id, tools=TOOLS, tool_choice=tool_choice)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.id.startswith("call_") and call.type == "function"
+    if isinstance(tool_choice, dict):
+        assert call.function.name == "search"
+    jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+
+
+def test_parallel_tool_calls_are_each_valid(client: openai.OpenAI, model_id: str) -> None:
+    reply = _chat(
+        client,
+        model_id,
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=True,
+        max_tokens=160,
+    )
+    calls = reply.choices[0].message.tool_calls
+    assert calls and reply.choices[0].finish_reason == "tool_calls"
+    assert len({c.id for c in calls}) == len(calls)
+    for call in calls:
+        jsonschema.validate(json.loads(call.function.arguments), SCHEMAS[call.function.name])
+
+
+def test_streamed_tool_call_deltas_assemble_to_the_same_call(
+    client: openai.OpenAI, model_id: str
+) -> None:
+    kw = {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}
+    whole = _chat(client, model_id, **kw).choices[0].message.tool_calls[0]
+    chunks = list(_chat(client, model_id, stream=True, **kw))
+    names, ids, arguments = [], [], ""
+    for chunk in chunks:
+        for delta in chunk.choices[0].delta.tool_calls or []:
+            assert delta.index == 0
+            ids += [delta.id] if delta.id else []
+            names += [delta.function.name] if delta.function.name else []
+            arguments += delta.function.arguments or ""
+    assert len(ids) == 1 and ids[0].startswith("call_") and names == ["get_weather"]
+    assert json.loads(arguments) == json.loads(whole.function.arguments)
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_a_tool_result_round_trip_is_answered(client: openai.OpenAI, model_id: str) -> None:
+    first = _chat(client, model_id, tools=TOOLS, tool_choice="required")
+    call = first.choices[0].message.tool_calls[0]
+    history = [
+        *ASK,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.function.name, "arguments": call.function.arguments},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21}'},
+    ]
+    reply = _chat(client, model_id, messages=history, tools=TOOLS, max_tokens=16)
+    assert isinstance(reply.choices[0].message.content, str)
+    assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_tool_choice_none_and_auto_answer_in_text(client: openai.OpenAI, model_id: str) -> None:
+    for choice in ("none", "auto"):
+        reply = _chat(client, model_id, tools=TOOLS, tool_choice=choice, max_tokens=12)
+        assert reply.choices[0].message.tool_calls is None
+        assert isinstance(reply.choices[0].message.content, str)
+
+
+def test_top_logprobs_are_sorted_and_the_same_streamed_and_not(
+    client: openai.OpenAI, model_id: str
+) -> None:
+    kw = {"logprobs": True, "top_logprobs": 5, "max_tokens": 12}
+    whole = _chat(client, model_id, **kw).choices[0].logprobs.content
+    chunks = list(_chat(client, model_id, stream=True, **kw))
+    streamed = [
+        t
+        for c in chunks
+        if c.choices and c.choices[0].logprobs
+        for t in c.choices[0].logprobs.content
+    ]
+    assert [t.model_dump() for t in streamed] == [t.model_dump() for t in whole]
+    for token in whole:
+        tops = [t.logprob for t in token.top_logprobs]
+        assert len(tops) == 5 and tops == sorted(tops, reverse=True)
+        assert token.logprob <= tops[0] + 1e-5
+        assert all(isinstance(t.bytes, list) for t in token.top_logprobs)
+    assert whole[0].token == whole[0].top_logprobs[0].token  # greedy: the best one is taken
+
+
+def test_top_logprobs_take_up_to_twenty(client: openai.OpenAI, model_id: str) -> None:
+    reply = _chat(client, model_id, logprobs=True, top_logprobs=20, max_tokens=3)
+    assert all(len(t.top_logprobs) == 20 for t in reply.choices[0].logprobs.content)
+
+
+def test_completion_logprobs_five_give_five_alternatives_per_token(
+    client: openai.OpenAI, model_id: str
+) -> None:
+    reply = client.completions.create(
+        model=model_id, prompt="The json module", max_tokens=8, temperature=0, logprobs=5
+    )
+    logprobs = reply.choices[0].logprobs
+    assert logprobs is not None and logprobs.top_logprobs is not None
+    assert len(logprobs.top_logprobs) == len(logprobs.tokens or []) == reply.usage.completion_tokens
+    for token, lp, alternatives in zip(
+        logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs, strict=True
+    ):
+        assert 1 <= len(alternatives) <= 5
+        assert token in alternatives and alternatives[token] == pytest.approx(lp, abs=1e-5)
+
+
+def test_the_model_card_lists_structured_outputs_tools_and_top_logprobs(
+    gateway: GatewayProcess, model_id: str, client: openai.OpenAI
+) -> None:
+    card = client.models.retrieve(model_id).model_dump()
+    assert card["capabilities"]["structured_outputs"] is True
+    assert card["capabilities"]["tools"] is True
+    assert card["capabilities"]["top_logprobs"] == 20
+
+
+def test_a_route_without_guided_decoding_says_so_and_refuses_it(
+    llmapi_gateway: GatewayProcess, model_id: str
+) -> None:
+    with openai.OpenAI(
+        base_url=llmapi_gateway.base_url, api_key=llmapi_gateway.token, max_retries=0
+    ) as sdk:
+        card = sdk.models.retrieve(model_id).model_dump()
+        assert card["capabilities"]["structured_outputs"] is False
+        assert card["capabilities"]["top_logprobs"] == 0
+        for kw, param in (
+            ({"response_format": {"type": "json_object"}}, "response_format"),
+            ({"tools": TOOLS, "tool_choice": "required"}, "tool_choice"),
+        ):
+            with pytest.raises(openai.BadRequestError) as exc:
+                _chat(sdk, model_id, **kw)
+            assert exc.value.body["param"] == param  # type: ignore[index]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_langchain_bind_tools_parses_the_forced_call(
+    gateway: GatewayProcess, model_id: str, stream: bool
+) -> None:
+    langchain_openai = pytest.importorskip("langchain_openai")
+    chat = langchain_openai.ChatOpenAI(
+        model=model_id,
+        base_url=gateway.base_url,
+        api_key=gateway.token,
+        temperature=0,
+        max_tokens=96,
+        max_retries=0,
+    )
+    bound = chat.bind_tools(TOOLS, tool_choice="get_weather")
+    prompt = "What is the weather in Paris?"
+    if stream:
+        message = None
+        for piece in bound.stream(prompt):
+            message = piece if message is None else message + piece
+    else:
+        message = bound.invoke(prompt)
+    assert message is not None
+    (call,) = message.tool_calls
+    assert call["name"] == "get_weather" and call["id"].startswith("call_")
+    jsonschema.validate(call["args"], WEATHER)
