@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.middleware import Middleware
 
-from gateway.api import error_responses, fallback, metrics, openapi, routes
+from gateway.api import embeddings, error_responses, fallback, metrics, openapi, routes
 from gateway.api.access import Access
 from gateway.api.admission import Admission
 from gateway.api.drain import Drain
@@ -68,6 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.access = access
     app.router.routes.extend(routes.generation)
     app.include_router(routes.v1)
+    app.include_router(embeddings.router)
     app.include_router(routes.health)
     app.include_router(metrics.router)
     app.openapi = openapi.generator(app)  # type: ignore[method-assign]
