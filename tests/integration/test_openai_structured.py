@@ -4,6 +4,7 @@ real gateway and Triton: the CPU engine constrains every answer to its schema to
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
 from typing import Any
 
@@ -147,6 +148,27 @@ def test_json_schema_answers_validate_with_nested_objects_enums_and_arrays(
         else:
             text = _chat(client, model_id, **kw).choices[0].message.content
         jsonschema.validate(json.loads(text), NESTED)
+
+
+def test_constrained_requests_in_flight_together_each_keep_their_own_schema(
+    client: openai.OpenAI, model_id: str
+) -> None:
+    schemas = [NESTED, WEATHER, SEARCH, None] * 2
+
+    def ask(schema: dict[str, Any] | None) -> Any:
+        kw = {} if schema is None else {"response_format": _schema_format(schema)}
+        return _chat(client, model_id, temperature=1.0, stream=True, **kw)
+
+    with ThreadPoolExecutor(len(schemas)) as pool:
+        streams = list(pool.map(ask, schemas))
+        texts = list(pool.map(_text_of, streams))
+    for schema, text in zip(schemas, texts, strict=True):
+        if schema is not None:
+            jsonschema.validate(json.loads(text), schema)
+
+
+def _text_of(stream: Any) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
 
 
 def test_json_object_answers_are_json_objects(client: openai.OpenAI, model_id: str) -> None:
