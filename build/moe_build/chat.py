@@ -75,12 +75,14 @@ def chat_loss(
     *,
     pad_id: int,
     groups: Sequence[int] | None = None,
+    weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Answer-token cross-entropy of a right-padded batch (causal: padding never leaks).
 
     `image_features` is `[images, F, hidden]`, the rows for every sample's images in order.
     With `groups` (one label per sample) each group's token mean is taken on its own and the
-    means are added, so a task with short answers is not drowned by one with long answers.
+    means are added (times `weights[group]`), so a task with short answers is not drowned by
+    one with long answers.
     """
     length = max(len(s.ids) for s in samples)
     ids = torch.full((len(samples), length), pad_id, dtype=torch.long)
@@ -99,7 +101,8 @@ def chat_loss(
     total = logits.new_zeros(())
     for group in row_groups.unique().tolist():
         rows = row_groups == group
-        total = total + losses[rows].sum() / counted[rows].sum().clamp(min=1)
+        weight = 1.0 if weights is None else weights[group]
+        total = total + weight * losses[rows].sum() / counted[rows].sum().clamp(min=1)
     return total
 
 
