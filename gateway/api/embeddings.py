@@ -13,13 +13,26 @@ from starlette.responses import Response
 from gateway.api.access import admit, authenticate, call_context
 from gateway.api.routes import _held_while, _parse, _respond, _take_place
 from gateway.core.embeddings import EmbeddingService
-from gateway.core.protocol import EmbeddingRequest
+from gateway.core.protocol import EmbeddingRequest, EmbeddingResponse, ErrorResponse
 from gateway.triton.embeddings import TritonEmbeddings
 
 router = APIRouter(prefix="/v1")
 
 
-@router.post("/embeddings")
+@router.post(
+    "/embeddings",
+    summary="Create embeddings",
+    operation_id="createEmbedding",
+    tags=["embeddings"],
+    # The body is parsed by the route (our 400s), so FastAPI is told its schema here.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": EmbeddingRequest.model_json_schema()}},
+        }
+    },
+    responses={200: {"model": EmbeddingResponse}, 400: {"model": ErrorResponse}},
+)
 async def create_embedding(request: Request) -> Response:
     """OpenAI embeddings: one vector per input, floats or base64."""
     principal = authenticate(request)

@@ -40,3 +40,16 @@ def test_base64_is_the_little_endian_float32_bytes_and_floats_decode_them() -> N
     vector = struct.pack("<3f", 0.5, -1.0, 0.25)
     assert base64.b64decode(encode(vector, "base64")) == vector
     assert encode(vector, "float") == [0.5, -1.0, 0.25]
+
+
+def test_the_openapi_document_describes_the_embeddings_route() -> None:
+    from gateway.api.app import create_app
+    from gateway.settings import Settings
+
+    operation = create_app(Settings()).openapi()["paths"]["/v1/embeddings"]["post"]
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["model", "input"]
+    assert body["properties"]["encoding_format"]["enum"] == ["float", "base64"]
+    ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/EmbeddingResponse"}
+    assert operation["security"] == [{"bearer": []}]
