@@ -19,6 +19,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from gateway.core.catalogue import MAX_TOP_LOGPROBS
 from gateway.core.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -147,9 +148,12 @@ def _accepted_values(limits: RequestSettings) -> dict[str, dict[str, dict[str, A
         **common,
         "messages": messages,
         "max_completion_tokens": max_tokens,
-        "top_logprobs": {"minimum": 0, "maximum": 0},
-        "response_format": {"properties": {"type": {"const": "text"}}},
-        "tool_choice": {"enum": ["none", "auto", None]},
+        "top_logprobs": {"minimum": 0, "maximum": MAX_TOP_LOGPROBS},
+        "response_format": {
+            "properties": {"type": {"enum": ["text", "json_object", "json_schema"]}}
+        },
+        # `pattern` constrains only strings: a named function (an object) passes it.
+        "tool_choice": {"pattern": "^(none|auto|required)$"},
         "tools": {"maxItems": limits.max_tools},
     }
     completion = {
@@ -161,7 +165,7 @@ def _accepted_values(limits: RequestSettings) -> dict[str, dict[str, dict[str, A
             "maxItems": limits.max_prompts,
             "items": {"type": "string", "minLength": 1},
         },
-        "logprobs": {"minimum": 0, "maximum": 0},
+        "logprobs": {"minimum": 0, "maximum": 5},
         "suffix": {"type": "null", "description": "Not supported: null."},
     }
     return {"ChatCompletionRequest": chat, "CompletionRequest": completion}
