@@ -122,7 +122,8 @@ text round-trips exactly. Special tokens `<|endoftext|>`, `<|im_start|>`, `<|im_
      library modules and a few of each one's functions, answered with the docstring's first
      sentence).
    The image and docstring questions have loss on the answer only (labels -100 elsewhere). The
-   vision tower and projector learn with the language model (at {settings.peak_lr} x 0.3).
+   vision tower and projector learn with the language model (at {settings.peak_lr} x 0.3; the
+   ResNet keeps its warm-up BatchNorm statistics; image answers weigh twice).
 
 Seed {seed}, {settings.num_threads} CPU threads. The same seed rebuilds byte-identical weights
 and tokenizer on the same machine.
