@@ -118,9 +118,9 @@ text round-trips exactly. Special tokens `<|endoftext|>`, `<|im_start|>`, `<|im_
      red, green, blue, yellow, orange or purple, anywhere, a quarter to two thirds of the
      image, on plain or noisy grey backgrounds, images {40} to {320} pixels a side and of any
      aspect, some JPEG-compressed ({run["image_pool"]} pictures);
-   - {run["doc_batch"]} docstring questions ({run["doc_answers"]} pairs: top-level standard
-     library modules and a few of each one's functions, answered with the docstring's first
-     sentence).
+   - {run["doc_batch"]} docstring questions ({run["doc_answers"]} pairs: every top-level
+     standard library module and the first few functions of fifteen everyday ones such as
+     json, os.path, re and shutil, answered with the docstring's first sentence).
    The image and docstring questions have loss on the answer only (labels -100 elsewhere). The
    vision tower and projector learn with the language model (at {settings.peak_lr} x 0.3; the
    ResNet keeps its warm-up BatchNorm statistics; image answers weigh twice).
