@@ -157,16 +157,14 @@ def _body(image: str | None, max_tokens: int) -> dict[str, Any]:
 
 async def _ttft(http: httpx.AsyncClient, url: str, body: dict[str, Any]) -> float:
     started = time.perf_counter()
+    first = None
     async with http.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
         response.raise_for_status()
-        async for line in response.aiter_lines():
-            if line.startswith("data: ") and '"content":"' in line:
+        async for line in response.aiter_lines():  # read to the end: the next request is alone
+            if first is None and line.startswith("data: ") and '"content":"' in line:
                 first = time.perf_counter() - started
-                break
-        else:
-            raise RuntimeError("stream ended without content")
-        async for _ in response.aiter_lines():
-            pass
+    if first is None:
+        raise RuntimeError("stream ended without content")
     return first
 
 
