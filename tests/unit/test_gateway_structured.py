@@ -4,19 +4,26 @@ read from the BLS's tensors and rendered in OpenAI's shapes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
+from types import SimpleNamespace
 from typing import Any
 
 import jsonschema
 import pytest
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import deserialize_bytes_tensor
 
 from gateway.core import structured
-from gateway.core.accounting import token_logprobs
+from gateway.core.accounting import Choice, token_logprobs
 from gateway.core.backend import Delta, GenerationRequest, SamplingOptions
-from gateway.core.protocol import ChatCompletionRequest
+from gateway.core.jobs import CHAT, Job
+from gateway.core.protocol import ChatCompletionRequest, Usage
+from gateway.core.shapes import ChatShape, CompletionShape
+from gateway.core.tokenizer import PromptTokenizer
 from gateway.errors import InvalidRequest
 from gateway.triton.adapter import build_request, parse
 
@@ -30,6 +37,7 @@ TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}},
     {"type": "function", "function": {"name": "noop"}},
 ]
+_USAGE = Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2)
 GUIDED = frozenset(
     {"text_input", "max_tokens", "guided_decoding_guide_type", "guided_decoding_guide"}
 )
@@ -177,3 +185,83 @@ def test_token_entries_keep_the_token_ids_and_sort_the_alternatives() -> None:
     first, second = token_logprobs(delta)
     assert first.token_id == 5 and [i for i, _ in first.top] == [5, 6]
     assert second.token_id == 9 and [lp for _, lp in second.top] == [-0.5, -0.7]
+
+
+def _job(*, tool_calls: bool = False, top_logprobs: int = 0) -> Job:
+    vocab = {"[UNK]": 0, "a": 1, "b": 2, "c": 3}
+    tokenizer = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    model = SimpleNamespace(id="m", tokenizer=PromptTokenizer(tokenizer))
+    options = SamplingOptions(16, logprobs=bool(top_logprobs), top_logprobs=top_logprobs)
+    return Job(
+        kind=CHAT,
+        model=model,  # type: ignore[arg-type]
+        prompts=["p"],
+        prompt_tokens=[1],
+        special_tokens=False,
+        stream=True,
+        options=options,
+        n=1,
+        include_usage=False,
+        tool_calls=tool_calls,
+    )
+
+
+def _dump(chunk: Any) -> dict[str, Any]:
+    return json.loads(chunk) if isinstance(chunk, bytes) else chunk.model_dump(mode="json")
+
+
+def test_a_streamed_tool_call_is_held_back_then_sent_in_openai_pieces() -> None:
+    shape = ChatShape(_job(tool_calls=True))
+    assert _dump(shape.opening(0)[0])["choices"][0]["delta"] == {"role": "assistant"}
+    for piece in ('{"name": "get_weather", ', '"arguments": {"city": "Oslo"}}'):
+        assert shape.delta(0, Delta(piece), 0) is None
+    chunks = [_dump(c)["choices"][0] for c in shape.finish(0, "stop")]
+    first, rest, last = chunks
+    (call,) = first["delta"]["tool_calls"]
+    assert call["index"] == 0 and call["id"].startswith("call_") and call["type"] == "function"
+    assert call["function"] == {"name": "get_weather", "arguments": ""}
+    (more,) = rest["delta"]["tool_calls"]
+    assert more == {"index": 0, "function": {"arguments": '{"city": "Oslo"}'}}
+    assert last["finish_reason"] == "tool_calls" and last["delta"] == {}
+
+
+def test_a_whole_tool_call_answer_has_null_content_and_finish_reason_tool_calls() -> None:
+    choice = Choice()
+    choice.add(Delta('{"name": "f", "arguments": {}}', finish_reason="stop"))
+    response = ChatShape(_job(tool_calls=True)).response([choice], _USAGE)
+    (answer,) = response.model_dump(mode="json")["choices"]
+    assert answer["finish_reason"] == "tool_calls" and answer["message"]["content"] is None
+    assert answer["message"]["tool_calls"][0]["function"] == {"name": "f", "arguments": "{}"}
+
+
+def test_an_unfinished_tool_call_answer_stays_text() -> None:
+    choice = Choice()
+    choice.add(Delta('{"name": "f", "argu', finish_reason="length"))
+    (answer,) = ChatShape(_job(tool_calls=True)).response([choice], _USAGE).choices
+    assert answer.finish_reason == "length" and answer.message.content == '{"name": "f", "argu'
+    assert answer.message.tool_calls is None
+
+
+def test_top_logprobs_render_with_token_text_and_bytes_best_first() -> None:
+    delta = Delta(
+        "ab",
+        logprobs=(-0.1, -0.2),
+        token_ids=(1, 2),
+        top_ids=((3, 1), (2, 3)),
+        top_logprobs=((-2.0, -0.1), (-0.2, -1.5)),
+    )
+    chunk = _dump(ChatShape(_job(top_logprobs=2)).delta(0, delta, 0))
+    first, second = chunk["choices"][0]["logprobs"]["content"]
+    assert first["token"] == "a" and first["bytes"] == [97]
+    assert [(t["token"], t["logprob"]) for t in first["top_logprobs"]] == [("a", -0.1), ("c", -2.0)]
+    assert [t["token"] for t in second["top_logprobs"]] == ["b", "c"]
+
+
+def test_completion_top_logprobs_are_dicts_of_token_text() -> None:
+    job = dataclasses.replace(_job(top_logprobs=2), kind="text_completion")
+    delta = Delta(
+        "a", logprobs=(-0.1,), token_ids=(1,), top_ids=((1, 3),), top_logprobs=((-0.1, -2.0),)
+    )
+    chunk = _dump(CompletionShape(job).delta(0, delta, 0))
+    logprobs = chunk["choices"][0]["logprobs"]
+    assert logprobs["tokens"] == ["a"] and logprobs["top_logprobs"] == [{"a": -0.1, "c": -2.0}]
