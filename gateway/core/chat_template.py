@@ -34,6 +34,8 @@ class ChatTemplate:
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(f"chat template does not compile: {exc}") from exc
         self._special_tokens = dict(special_tokens or {})
+        self.renders_tool_calls = "tool_calls" in source
+        """Whether the template writes assistant `tool_calls` itself (its own tool format)."""
 
     @classmethod
     def from_dir(cls, model_dir: Path) -> ChatTemplate | None:

@@ -8,10 +8,11 @@ placeholder inline in the joined text instead, so each image still has exactly o
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from gateway.core.catalogue import ServedModel
-from gateway.core.protocol import ChatCompletionRequest, ContentPart
+from gateway.core.protocol import ChatCompletionRequest, ContentPart, ToolCall
 from gateway.errors import InvalidRequest
 
 
@@ -22,18 +23,24 @@ def render_prompt(model: ServedModel, request: ChatCompletionRequest, images: in
         raise InvalidRequest(
             f"Model '{model.id}' has no chat template; use /v1/completions.", param="model"
         )
+    calls_as_text = not template.renders_tool_calls
     if not images:
-        return template.render(chat_messages(request), tools=request.tools)
+        return template.render(
+            chat_messages(request, calls_as_text=calls_as_text), tools=request.tools
+        )
     token = model.image_token
     try:
-        prompt = template.render(chat_messages(request, parts=True), tools=request.tools)
+        prompt = template.render(
+            chat_messages(request, parts=True, calls_as_text=calls_as_text), tools=request.tools
+        )
     except InvalidRequest:
         if token is None:  # nothing else to try
             raise
     else:
         if token is None or prompt.count(token) == images:
             return prompt
-    prompt = template.render(chat_messages(request, image_token=token), tools=request.tools)
+    messages = chat_messages(request, image_token=token, calls_as_text=calls_as_text)
+    prompt = template.render(messages, tools=request.tools)
     if prompt.count(token) != images:
         raise InvalidRequest(
             f"The chat template of model '{model.id}' does not place the request's images.",
@@ -43,11 +50,17 @@ def render_prompt(model: ServedModel, request: ChatCompletionRequest, images: in
 
 
 def chat_messages(
-    request: ChatCompletionRequest, *, image_token: str | None = None, parts: bool = False
+    request: ChatCompletionRequest,
+    *,
+    image_token: str | None = None,
+    parts: bool = False,
+    calls_as_text: bool = False,
 ) -> list[dict[str, Any]]:
     """The messages as the chat template expects them: content parts joined into one string,
     where an image part is `image_token` (dropped without one); with `parts`, lists of
-    `{"type": "text", "text": ...}` and `{"type": "image"}` parts, as vision templates take."""
+    `{"type": "text", "text": ...}` and `{"type": "image"}` parts, as vision templates take.
+    With `calls_as_text` (a template without a tool format), an assistant's `tool_calls` with no
+    content become its content, as the JSON the gateway constrains tool calls to."""
     messages = []
     for message in request.messages:
         content: Any = message.content
@@ -64,10 +77,25 @@ def chat_messages(
             entry["name"] = message.name
         if message.tool_calls is not None:
             entry["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+            if calls_as_text and content is None:
+                entry["content"] = calls_text(message.tool_calls)
         if message.tool_call_id is not None:
             entry["tool_call_id"] = message.tool_call_id
         messages.append(entry)
     return messages
+
+
+def calls_text(calls: list[ToolCall]) -> str:
+    """Tool calls as `{"name", "arguments"}` JSON (an array of several): what the model was
+    constrained to write when it made them (`gateway.core.structured`)."""
+    written = []
+    for call in calls:
+        try:
+            arguments = json.loads(call.function.arguments)
+        except ValueError:  # the client's own text: kept as it is
+            arguments = call.function.arguments
+        written.append({"name": call.function.name, "arguments": arguments})
+    return json.dumps(written[0] if len(written) == 1 else written, ensure_ascii=False)
 
 
 def _template_part(part: ContentPart) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -245,3 +246,17 @@ def test_tools_are_bounded() -> None:
     with pytest.raises(InvalidRequest) as caught:
         validation.check_chat(chat(tools=[tool] * 10_000), RequestSettings())
     assert caught.value.param == "tools"
+
+
+def test_a_template_without_a_tool_format_sees_the_calls_as_their_json() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}
+    request = chat(
+        messages=[
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "42"},
+        ]
+    )
+    assistant = chat_messages(request, calls_as_text=True)[1]
+    assert json.loads(assistant["content"]) == {"name": "f", "arguments": {"x": 1}}
+    assert chat_messages(request)[1]["content"] is None  # a template with its own format
