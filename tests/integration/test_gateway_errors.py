@@ -102,9 +102,9 @@ def test_max_tokens_beyond_the_context_is_context_length_exceeded(
 def test_unsupported_parameter_value_is_400_not_ignored(
     gateway: GatewayProcess, model_id: str
 ) -> None:
-    body = {"model": model_id, "messages": MESSAGES, "response_format": {"type": "json_object"}}
+    body = {"model": model_id, "messages": MESSAGES, "logit_bias": {"50256": -100}}
     response = _post(gateway, "/chat/completions", json=body)
-    assert response.status_code == 400 and _error(response)["param"] == "response_format"
+    assert response.status_code == 400 and _error(response)["param"] == "logit_bias"
 
 
 def test_unknown_route_is_404_in_openai_shape(gateway: GatewayProcess) -> None:
