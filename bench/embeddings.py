@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from bench.balancing import _percentiles
-from bench.images import RESULTS, _Gateway, _stack
+from bench.images import RESULTS, _Gateway, _stack, model_counts
 from gateway.local.triton import TritonProcess
 
 MODEL = "tiny-moe"
@@ -38,7 +38,7 @@ def throughput(
     percentiles, and Triton's requests per execution of the `embeddings` model."""
     texts = _texts(requests * per_request)
     latencies: list[float] = []
-    before = _counts(triton)
+    before = model_counts(triton, "embeddings")
 
     async def run() -> float:
         queue = list(range(requests))
@@ -60,7 +60,7 @@ def throughput(
             return time.perf_counter() - started
 
     elapsed = asyncio.run(run())
-    after = _counts(triton)
+    after = model_counts(triton, "embeddings")
     executions, served = after[0] - before[0], after[1] - before[1]
     return {
         "requests_per_s": requests / elapsed,
@@ -70,19 +70,6 @@ def throughput(
         "triton_executions": executions,
         "triton_batch_mean": served / executions if executions else 0.0,
     }
-
-
-def _counts(triton: TritonProcess) -> tuple[float, float]:
-    text = httpx.get(triton.metrics_url, timeout=5).text
-    executions = requests = 0.0
-    for line in text.splitlines():
-        if 'model="embeddings"' not in line:
-            continue
-        if line.startswith("nv_inference_exec_count"):
-            executions += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("nv_inference_request_success"):
-            requests += float(line.rsplit(" ", 1)[1])
-    return executions, requests
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,10 +19,6 @@ import base64
 import contextlib
 import io
 import json
-import os
-import secrets
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,13 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
-from bench.balancing import _free_port, _percentiles
+from bench.balancing import _free_port, _Gateway, _percentiles
 from gateway.local import paths
 from gateway.local.repository import fill_repository
 from gateway.local.triton import TritonProcess
-from gateway.policy.tokens import mint_token
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -84,46 +78,6 @@ def gateway_cost(rounds: int = 200) -> dict[str, float]:
     return {name: asyncio.run(measure(url)) for name, url in cases.items()}
 
 
-class _Gateway:
-    def __init__(self, workdir: Path, urls: list[str]) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        secret = secrets.token_urlsafe(32)
-        config = {
-            "cache": {"enabled": False},
-            "log_level": "warning",
-            "access_log": False,
-            "triton": {"urls": urls},
-        }
-        path = workdir / "gateway.yaml"
-        path.write_text(yaml.safe_dump(config))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALMOE_")}
-        env["LOCALMOE_AUTH__JWT_SECRET"] = secret
-        command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port)]
-        self.log = (workdir / "gateway.log").open("wb")
-        self.process = subprocess.Popen(
-            [*command, "--config", str(path)], env=env, stdout=self.log, stderr=subprocess.STDOUT
-        )
-        self.headers = {"authorization": f"Bearer {mint_token(secret, sub='bench')}"}
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
-                    return
-            if self.process.poll() is not None:
-                raise RuntimeError("gateway exited")
-            time.sleep(0.2)
-        raise RuntimeError("gateway not ready")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
-
-
 @contextlib.contextmanager
 def _stack(workdir: Path) -> Iterator[tuple[TritonProcess, _Gateway]]:
     repo = fill_repository(workdir / "repo", model_dir=paths.default_model_dir())
@@ -133,7 +87,7 @@ def _stack(workdir: Path) -> Iterator[tuple[TritonProcess, _Gateway]]:
     print("  starting Triton and the gateway", flush=True)
     triton.start()
     try:
-        gateway = _Gateway(workdir, [triton.grpc_url])
+        gateway = _Gateway(workdir, "gateway", [triton.grpc_url], {})
         try:
             yield triton, gateway
         finally:
@@ -191,7 +145,7 @@ def throughput(
 ) -> dict[str, float]:
     """Image requests per second at `concurrency`, and the encoder's requests per execution."""
     images = [data_url(drawn_image((96, 96), seed=i)) for i in range(16)]
-    before = _encoder_counts(triton)
+    before = model_counts(triton, "multimodal_encoders")
 
     async def run() -> float:
         queue = list(range(requests))
@@ -209,7 +163,7 @@ def throughput(
             return time.perf_counter() - started
 
     elapsed = asyncio.run(run())
-    after = _encoder_counts(triton)
+    after = model_counts(triton, "multimodal_encoders")
     executions = after[0] - before[0]
     served = after[1] - before[1]
     return {
@@ -220,11 +174,13 @@ def throughput(
     }
 
 
-def _encoder_counts(triton: TritonProcess) -> tuple[float, float]:
+def model_counts(triton: TritonProcess, model: str) -> tuple[float, float]:
+    """Triton's executions and successful requests of `model` so far (its batching, by their
+    ratio)."""
     text = httpx.get(triton.metrics_url, timeout=5).text
     executions = requests = 0.0
     for line in text.splitlines():
-        if 'model="multimodal_encoders"' not in line:
+        if f'model="{model}"' not in line:
             continue
         if line.startswith("nv_inference_exec_count"):
             executions += float(line.rsplit(" ", 1)[1])
