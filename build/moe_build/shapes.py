@@ -53,6 +53,32 @@ def draw_shape(
     return _draw(random.Random(seed), colour, shape, size)[0]
 
 
+def draw_plain(
+    colour: str, shape: str, *, size: tuple[int, int] = (96, 96), seed: int = 0
+) -> Image.Image:
+    """The plainest picture of the training distribution: the shape near the middle at about half
+    the shorter side, upright, its exact colour, on a flat grey that `seed` picks. Tests and
+    examples use it, so that a build on another CPU (other weights from the same seed) cannot flip
+    an answer the way a noisy picture near a class boundary can."""
+    if colour not in COLOURS or shape not in SHAPES:
+        raise ValueError(f"unknown colour or shape {colour!r} {shape!r}")
+    width, height = size
+    grey = (200, 230, 120, 40)[seed % 4]
+    image = Image.new("RGB", size, (grey,) * 3)
+    half = min(width, height) * 0.27
+    cx, cy = width / 2 + (seed % 3 - 1) * half / 3, height / 2
+    draw = ImageDraw.Draw(image)
+    if shape == "circle":
+        draw.ellipse((cx - half, cy - half, cx + half, cy + half), fill=COLOURS[colour])
+    elif shape == "square":
+        r = half * 0.9
+        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=COLOURS[colour])
+    else:
+        corners = [(cx, cy - half), (cx + half, cy + half * 0.8), (cx - half, cy + half * 0.8)]
+        draw.polygon(corners, fill=COLOURS[colour])
+    return image
+
+
 def random_image(
     rng: random.Random, colour: str | None = None, shape: str | None = None
 ) -> DrawnImage:

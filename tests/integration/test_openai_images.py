@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import httpx
 import openai
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from tests.gateway_fixtures import MAX_BODY_BYTES, GatewayProcess, start_gateway, stop_gateway
 from tests.support import metric_value
@@ -29,27 +29,10 @@ QUESTION = "What is in this image?"
 def _draw(
     colour: str, shape: str, *, size: tuple[int, int] = (96, 96), seed: int = 7
 ) -> Image.Image:
-    """A plain picture of the kind the model was trained on (never one of its training images):
-    the shape in the middle at half the shorter side, on a grey background that `seed` picks."""
-    from moe_build.shapes import COLOURS
+    """A plain picture of the kind the model was trained on, never one of its training images."""
+    from moe_build.shapes import draw_plain
 
-    width, height = size
-    grey = (200, 230, 120, 40)[seed % 4]
-    image = Image.new("RGB", size, (grey,) * 3)
-    half = min(width, height) * 0.27
-    cx, cy = width / 2 + (seed % 3 - 1) * half / 3, height / 2
-    fill = COLOURS[colour]
-    draw = ImageDraw.Draw(image)
-    if shape == "circle":
-        draw.ellipse((cx - half, cy - half, cx + half, cy + half), fill=fill)
-    elif shape == "square":
-        r = half * 0.9
-        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
-    else:
-        draw.polygon(
-            [(cx, cy - half), (cx + half, cy + half * 0.8), (cx - half, cy + half * 0.8)], fill=fill
-        )
-    return image
+    return draw_plain(colour, shape, size=size, seed=seed)
 
 
 def _encode(image: Image.Image, fmt: str = "PNG") -> bytes:

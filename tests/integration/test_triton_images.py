@@ -40,11 +40,11 @@ def chat(question: str = QUESTION, images: int = 1) -> str:
 def drawn(colour: str = "red", shape: str = "circle", size: int = 96) -> Image.Image:
     """One shape on a plain background: the tiny model's own drawing once its builder has it."""
     try:
-        from moe_build.shapes import draw_shape
+        from moe_build.shapes import draw_plain
     except ImportError:  # a random tower cannot tell shapes apart: any drawing serves
         pass
     else:
-        return draw_shape(colour, shape, size=(size, size), seed=1)
+        return draw_plain(colour, shape, size=(size, size), seed=1)
     image = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(image)
     box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)

@@ -10,22 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 
 import triton_python_backend_utils as pb_utils
 
 from moe_engine.python_backend import triton_logging as engine_logs
+from moe_engine.python_backend.bls_calls import EngineModel, RequestSender
 from moe_engine.python_backend.bls_images import step_error
-from moe_engine.python_backend.bls_requests import BlsRequests, Generation, stop_inputs
-from moe_engine.python_backend.bls_stream import Chunk
+from moe_engine.python_backend.bls_requests import BlsRequests
 from moe_engine.python_backend.image_prompt import vision_image_token
 from moe_engine.python_backend.loop_thread import LoopThread
 from moe_engine.python_backend.responses import triton_kit
 from moe_engine.python_backend.text import load_tokenizer
-
-_DONE = object()
 
 
 class TritonPythonModel:
@@ -37,7 +33,7 @@ class TritonPythonModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         context = params.get("max_context_len", "")
         tok = load_tokenizer(params["tokenizer_dir"])
-        engine = _EngineModel(params.get("tensorrt_llm_model_name", "tensorrt_llm"))
+        engine = EngineModel(pb_utils, params.get("tensorrt_llm_model_name", "tensorrt_llm"))
         encoder = params.get("multimodal_encoders_name", "")
         image_token = vision_image_token(params["tokenizer_dir"]) if encoder else None
         self.loop = LoopThread("bls-loop")
@@ -60,65 +56,12 @@ class TritonPythonModel:
         # Not `async`: see moe_engine/loop_thread.py for the Python backend's KeyError.
         for request in requests:
             inputs = {t.name(): t.as_numpy() for t in request.inputs()}
-            sender = _Sender(request)
+            sender = RequestSender(request)
             self.loop.submit(self.requests.handle(request.request_id(), inputs, sender))
         return None
 
     def finalize(self) -> None:
         self.loop.stop()
-
-
-class _Sender:
-    """A request's response sender, asking the request whether it was cancelled."""
-
-    __slots__ = ("_request", "_sender")
-
-    def __init__(self, request) -> None:
-        self._request = request
-        self._sender = request.get_response_sender()
-
-    def send(self, response=None, flags: int = 0) -> None:
-        if response is None:
-            self._sender.send(flags=flags)
-        else:
-            self._sender.send(response, flags=flags)
-
-    def is_cancelled(self) -> bool:
-        return self._request.is_cancelled()
-
-
-class _EngineModel:
-    """`tensorrt_llm` through BLS calls, which block: each waits on a thread of its own.
-
-    Not the event loop's default executor (a few threads: one per waiting call filled it, and
-    `stop` calls queued behind generations waiting for a slot), and stops have their own.
-    """
-
-    def __init__(self, model_name: str) -> None:
-        self.model_name = model_name
-        self._calls = ThreadPoolExecutor(max_workers=256, thread_name_prefix="bls-wait")
-        self._stops = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bls-stop")
-
-    async def generate(self, generation: Generation) -> AsyncIterator[Chunk]:
-        request = self._request(generation.request_id, generation.inputs, generation.outputs)
-        loop = asyncio.get_running_loop()
-        responses = await loop.run_in_executor(self._calls, partial(request.exec, decoupled=True))
-        while (
-            response := await loop.run_in_executor(self._calls, next, responses, _DONE)
-        ) is not _DONE:
-            yield _chunk(response)
-
-    async def stop(self, request_id: str) -> None:
-        request = self._request(request_id, stop_inputs(), ["output_ids"])
-        await asyncio.get_running_loop().run_in_executor(self._stops, _run_to_end, request)
-
-    def _request(self, request_id: str, inputs: dict, outputs: list[str]):
-        return pb_utils.InferenceRequest(
-            model_name=self.model_name,
-            inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()],
-            requested_output_names=outputs,
-            request_id=request_id,
-        )
 
 
 class _ImageModels:
@@ -155,31 +98,3 @@ class _ImageModels:
 
 _PREPROCESSED = ("INPUT_ID", "PIXEL_VALUES", "OUT_PROMPT_TABLE_EXTRA_IDS")
 _ENCODED = ("OUT_PROMPT_EMBEDDING_TABLE", "OUT_PROMPT_VOCAB_SIZE")
-
-
-def _run_to_end(request) -> None:
-    for _ in request.exec(decoupled=True):
-        pass
-
-
-def _chunk(response) -> Chunk:
-    if response.has_error():
-        return Chunk(None, error_response=pb_utils.InferenceResponse(error=response.error()))
-    ids = pb_utils.get_output_tensor_by_name(response, "output_ids")
-    if ids is None:
-        return Chunk(None)  # the empty final response
-    array = ids.as_numpy().reshape(-1)
-    lp = pb_utils.get_output_tensor_by_name(response, "output_log_probs")
-    logprobs = lp.as_numpy().reshape(-1).tolist() if lp is not None else None
-    return Chunk(array[array >= 0].tolist(), logprobs, top_logprobs(response))
-
-
-def top_logprobs(response) -> list | None:
-    """`top_token_ids`/`top_log_probs` ([1, 1, len, k]) as (ids, logprobs) per token."""
-    ids = pb_utils.get_output_tensor_by_name(response, "top_token_ids")
-    values = pb_utils.get_output_tensor_by_name(response, "top_log_probs")
-    if ids is None or values is None:
-        return None
-    ids, values = ids.as_numpy(), values.as_numpy()
-    k = ids.shape[-1]
-    return list(zip(ids.reshape(-1, k).tolist(), values.reshape(-1, k).tolist(), strict=True))
