@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, Qwen3MoeConfig
 
 from moe_engine import Engine, EngineConfig, SamplingParams, StepOutput
 from moe_engine.sampler import Sampler
+from tests.engine_support import Collector
 
 VOCAB = 256
 TOP_K = 2
@@ -52,31 +53,6 @@ def engine(model_dir: Path) -> Iterator[Engine]:
     )
     yield engine
     engine.shutdown()
-
-
-class Collector:
-    """Records one request's outputs; `wait()` blocks until its final output."""
-
-    def __init__(self) -> None:
-        self.outputs: list[StepOutput] = []
-        self.done = threading.Event()
-
-    def __call__(self, output: StepOutput) -> None:
-        self.outputs.append(output)
-        if output.finished:
-            self.done.set()
-
-    def wait(self) -> Collector:
-        assert self.done.wait(TIMEOUT), "request did not finish in time"
-        return self
-
-    @property
-    def tokens(self) -> list[int]:
-        return [t for out in self.outputs for t in out.token_ids]
-
-    @property
-    def final(self) -> StepOutput:
-        return self.outputs[-1]
 
 
 def run(engine: Engine, params: SamplingParams, prompt: list[int] = PROMPT) -> Collector:

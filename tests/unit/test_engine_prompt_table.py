@@ -4,7 +4,6 @@ tokens of the text prompt; ids beyond the table are refused before anything is q
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,14 +11,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen3MoeConfig
 
-from moe_engine import Engine, EngineConfig, SamplingParams, StepOutput
+from moe_engine import Engine, EngineConfig, SamplingParams
 from moe_engine.prompts import checked_prompt
+from tests.engine_support import Collector
 
 VOCAB = 256
 HIDDEN = 64
 TEXT = [11, 42, 7, 199, 3, 64, 128, 5]
 IMAGE_AT = slice(2, 6)  # TEXT[2:6] is replaced by 4 prompt-table ids
-TIMEOUT = 30
 
 
 @pytest.fixture(scope="module")
@@ -64,22 +63,6 @@ def image_prompt(engine: Engine) -> tuple[list[int], torch.Tensor]:
     return ids, table
 
 
-class Collector:
-    def __init__(self) -> None:
-        self.outputs: list[StepOutput] = []
-        self.done = threading.Event()
-
-    def __call__(self, output: StepOutput) -> None:
-        self.outputs.append(output)
-        if output.finished:
-            self.done.set()
-
-    @property
-    def tokens(self) -> list[int]:
-        assert self.done.wait(TIMEOUT), "request did not finish in time"
-        return [t for out in self.outputs for t in out.token_ids]
-
-
 def greedy(**kwargs: object) -> SamplingParams:
     return SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True, **kwargs)
 
@@ -105,8 +88,8 @@ def test_an_image_request_generates_the_text_requests_tokens_beside_text_request
     engine.submit("image", ids, params, image, prompt_table=table, extra_ids=[0] * len(ids))
     engine.submit("other", [5, 6, 7], greedy(), other)
     engine.start()
-    assert image.tokens == text.tokens
-    assert other.tokens
+    assert image.wait().tokens == text.wait().tokens
+    assert other.wait().tokens
     assert engine.stats().peak_active == 3  # decoded together
 
 
@@ -115,7 +98,7 @@ def test_a_half_precision_table_is_accepted(engine: Engine) -> None:
     collector = Collector()
     engine.start()
     engine.submit("half", ids, greedy(), collector, prompt_table=table.half())
-    assert len(collector.tokens) == 12
+    assert len(collector.wait().tokens) == 12
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,12 +11,12 @@ import jsonschema
 import pytest
 import torch
 
-from moe_engine import Engine, EngineConfig, SamplingParams, StepOutput
+from moe_engine import Engine, EngineConfig, SamplingParams
 from moe_engine.guided import Grammars, GuidedRows
 from moe_engine.python_backend.text import encode, load_tokenizer
 from moe_engine.sampler import Sampler
+from tests.engine_support import Collector
 
-TIMEOUT = 60
 PERSON = {
     "type": "object",
     "properties": {
@@ -55,29 +54,6 @@ def engine(tiny_model_dir: Path) -> Iterator[Engine]:
 @pytest.fixture(scope="module")
 def prompt(tiny_model_dir: Path) -> list[int]:
     return encode(load_tokenizer(str(tiny_model_dir)), CHAT)
-
-
-class Collector:
-    def __init__(self) -> None:
-        self.outputs: list[StepOutput] = []
-        self.done = threading.Event()
-
-    def __call__(self, output: StepOutput) -> None:
-        self.outputs.append(output)
-        if output.finished:
-            self.done.set()
-
-    def wait(self) -> Collector:
-        assert self.done.wait(TIMEOUT), "request did not finish in time"
-        return self
-
-    @property
-    def tokens(self) -> list[int]:
-        return [t for out in self.outputs for t in out.token_ids]
-
-    @property
-    def tops(self) -> list[tuple[list[int], list[float]]]:
-        return [t for out in self.outputs for t in out.top_logprobs or []]
 
 
 def params(engine: Engine, guide: tuple[str, str] | None = None, **kwargs) -> SamplingParams:
