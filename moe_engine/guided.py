@@ -157,7 +157,7 @@ def _structural_tag(llguidance, guide: str) -> str:
             llguidance.StructTag(
                 trigger=next(t for t in spec["triggers"] if s["begin"].startswith(t)),
                 begin=s["begin"],
-                grammar=s["schema"],
+                grammar=_compact(s["schema"]),
                 end=s["end"],
             )
             for s in spec["structures"]
@@ -166,6 +166,13 @@ def _structural_tag(llguidance, guide: str) -> str:
     except (ValueError, KeyError, TypeError, StopIteration, AssertionError) as exc:
         raise GuideError(f"structural_tag must be {{structures, triggers}}: {exc!r}") from None
     return llguidance.LLMatcher.grammar_from_lark(lark)
+
+
+def _compact(schema: object) -> object:
+    # A tag's JSON schema gets the same compact whitespace as a json_schema guide.
+    if not isinstance(schema, dict):
+        return schema
+    return {**schema, "x-guidance": {**_JSON_OPTIONS, **schema.get("x-guidance", {})}}
 
 
 class GuidedRows:

@@ -31,11 +31,14 @@ class SamplingOptions:
     top_logprobs: int = 0
     """Alternatives per token, best first (TensorRT-LLM's `num_logprobs`)."""
     guide_type: str | None = None
-    """TensorRT-LLM's guided-decoding type: `json`, `json_schema`, `regex`, `ebnf_grammar`."""
+    """TensorRT-LLM's guided-decoding type: `json`, `json_schema`, `regex`, `ebnf_grammar`,
+    `structural_tag`."""
     guide: str | None = None
     """The schema (JSON text), regex or grammar of `guide_type`."""
     guide_param: str = "response_format"
     """The OpenAI parameter the guide came from, named when the route cannot take it."""
+    guide_optional: bool = False
+    """The guide only helps (auto tool calls): a route without guided decoding goes without."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,9 @@ class ChatTemplate:
         self._special_tokens = dict(special_tokens or {})
         self.renders_tool_calls = "tool_calls" in source
         """Whether the template writes assistant `tool_calls` itself (its own tool format)."""
+        self.tool_tags = "<tool_call>" in source
+        """Whether its tool format is `<tool_call>` blocks (Qwen, Hermes): the model calls tools
+        by itself in that shape, and `tool_choice: auto` reads them back."""
 
     @classmethod
     def from_dir(cls, model_dir: Path) -> ChatTemplate | None:

@@ -15,6 +15,7 @@ from gateway.core.context import CallContext
 from gateway.core.images import ImageLoader, image_parts
 from gateway.core.messages import render_prompt
 from gateway.core.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.core.toolcalls import ToolParsing
 from gateway.errors import ContextLengthExceeded, ModelNotFound
 from gateway.policy.cache import cache_key, is_cacheable
 from gateway.settings import ImageSettings, RequestSettings
@@ -49,8 +50,8 @@ class Job:
     image_tokens: int = 0
     """Prompt tokens the images add beyond their one placeholder token each (a tokenizer count
     of the prompt misses them)."""
-    tool_calls: bool = False
-    """The (constrained) output is tool calls, parsed into `message.tool_calls`."""
+    tools: ToolParsing | None = None
+    """How tool calls are read out of the answer into `message.tool_calls`; None: not at all."""
 
     @property
     def choices(self) -> int:
@@ -91,7 +92,10 @@ class JobBuilder:
         )
         loaded = await self.images.load(parts)
         logprobs = bool(request.logprobs)
-        guide = structured.guide_of(request)
+        template = model.chat_template
+        output = structured.output_of(
+            request, tool_tags=template is not None and template.tool_tags
+        )
         top = (request.top_logprobs or 0) if logprobs else 0
         return Job(
             kind=CHAT,
@@ -101,7 +105,7 @@ class JobBuilder:
             special_tokens=False,
             stream=bool(request.stream) or logprobs,
             options=validation.sampling_options(
-                request, max_tokens, logprobs=logprobs, top_logprobs=top, guide=guide
+                request, max_tokens, logprobs=logprobs, top_logprobs=top, guide=output.guide
             ),
             n=request.n or 1,
             include_usage=_include_usage(request),
@@ -109,7 +113,7 @@ class JobBuilder:
             affinity=ctx.session or request.user,
             images=tuple(image.data_url for image in loaded),
             image_tokens=extra,
-            tool_calls=guide is not None and guide.tool_calls,
+            tools=output.tools,
         )
 
     async def completion(self, request: CompletionRequest, ctx: CallContext) -> Job:

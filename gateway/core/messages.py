@@ -24,14 +24,14 @@ def render_prompt(model: ServedModel, request: ChatCompletionRequest, images: in
             f"Model '{model.id}' has no chat template; use /v1/completions.", param="model"
         )
     calls_as_text = not template.renders_tool_calls
+    # `tool_choice: none` means no call: a model shown the tools could still write one as text.
+    tools = None if request.tool_choice == "none" else request.tools
     if not images:
-        return template.render(
-            chat_messages(request, calls_as_text=calls_as_text), tools=request.tools
-        )
+        return template.render(chat_messages(request, calls_as_text=calls_as_text), tools=tools)
     token = model.image_token
     try:
         prompt = template.render(
-            chat_messages(request, parts=True, calls_as_text=calls_as_text), tools=request.tools
+            chat_messages(request, parts=True, calls_as_text=calls_as_text), tools=tools
         )
     except InvalidRequest:
         if token is None:  # nothing else to try
@@ -40,7 +40,7 @@ def render_prompt(model: ServedModel, request: ChatCompletionRequest, images: in
         if token is None or prompt.count(token) == images:
             return prompt
     messages = chat_messages(request, image_token=token, calls_as_text=calls_as_text)
-    prompt = template.render(messages, tools=request.tools)
+    prompt = template.render(messages, tools=tools)
     if prompt.count(token) != images:
         raise InvalidRequest(
             f"The chat template of model '{model.id}' does not place the request's images.",

@@ -10,10 +10,11 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
-from gateway.core import protocol, structured
+from gateway.core import protocol, toolcalls
 from gateway.core.accounting import Choice, TokenEntry, token_logprobs
 from gateway.core.backend import Delta
 from gateway.core.jobs import CHAT, Job
+from gateway.core.toolcalls import JSON, JsonParser, TagParser
 
 Chunk = BaseModel | bytes
 """A stream chunk, as a model or already serialised (the per-token text chunks)."""
@@ -57,17 +58,19 @@ class ChatShape:
         self.texts = protocol.TextChunks(
             lambda i, text: self._chunk(i, protocol.DeltaMessage(content=text))
         )
-        # Tool-call answers are held back until whole: their JSON is parsed once complete.
-        self.held: dict[int, list[str]] = {}
+        # With tools, each choice's text goes through a tool-call parser (gateway.core.toolcalls),
+        # and token logprobs wait for the next chunk the parser lets out.
+        self.parsers: dict[int, TagParser | JsonParser] = {}
+        self.pending: dict[int, list[TokenEntry]] = {}
 
     def opening(self, index: int) -> list[Chunk]:
-        content = None if self.job.tool_calls else ""
+        tools = self.job.tools
+        content = None if tools is not None and tools.format == JSON else ""
         return [self._chunk(index, protocol.DeltaMessage(role="assistant", content=content))]
 
     def delta(self, index: int, delta: Delta, offset: int) -> Chunk | None:
-        if self.job.tool_calls:
-            self.held.setdefault(index, []).append(delta.text)
-            return None
+        if self.job.tools is not None:
+            return self._parsed(index, delta)
         if self.job.options.logprobs and (delta.text or delta.logprobs):
             logprobs = _chat_logprobs(token_logprobs(delta), self.job)
             return self._chunk(index, protocol.DeltaMessage(content=delta.text), logprobs=logprobs)
@@ -75,27 +78,18 @@ class ChatShape:
 
     def finish(self, index: int, reason: str) -> list[Chunk]:
         chunks: list[Chunk] = []
-        if self.job.tool_calls:
-            text = "".join(self.held.pop(index, []))
-            calls = structured.parse_tool_calls(text)
-            if calls is None:  # cut short (length): the text as it is
-                chunks.append(self._chunk(index, protocol.DeltaMessage(content=text)))
-            else:
+        parser = self.parsers.pop(index, None)
+        if self.job.tools is not None:
+            parser = parser or self.job.tools.parser()
+            last = self._events_chunk(index, parser.finish())
+            if last is not None:
+                chunks.append(last)
+            if parser.calls and reason == "stop":
                 reason = "tool_calls"
-                for i, call in enumerate(calls):
-                    # OpenAI's pieces: id, type and name first, then the arguments.
-                    first = protocol.DeltaToolCall(
-                        index=i,
-                        id=call.id,
-                        type="function",
-                        function=protocol.DeltaFunction(name=call.function.name, arguments=""),
-                    )
-                    rest = protocol.DeltaToolCall(
-                        index=i, function=protocol.DeltaFunction(arguments=call.function.arguments)
-                    )
-                    for piece in (first, rest):
-                        chunks.append(self._chunk(index, protocol.DeltaMessage(tool_calls=[piece])))
-        chunks.append(self._chunk(index, protocol.DeltaMessage(), finish_reason=reason))
+        logprobs = self._take_logprobs(index)
+        chunks.append(
+            self._chunk(index, protocol.DeltaMessage(), finish_reason=reason, logprobs=logprobs)
+        )
         return chunks
 
     def usage(self, usage: protocol.Usage) -> Chunk:
@@ -116,10 +110,10 @@ class ChatShape:
     def _choice(self, index: int, choice: Choice, logprobs: bool) -> protocol.ChatCompletionChoice:
         text, reason = "".join(choice.text), choice.finish_reason
         message = protocol.ChatCompletionMessage(content=text)
-        if self.job.tool_calls:
-            calls = structured.parse_tool_calls(text)
-            if calls is not None:
-                message = protocol.ChatCompletionMessage(content=None, tool_calls=calls)
+        if self.job.tools is not None:
+            content, calls = toolcalls.whole(self.job.tools, text)
+            message = protocol.ChatCompletionMessage(content=content, tool_calls=calls or None)
+            if calls and reason == "stop":
                 reason = "tool_calls"
         return protocol.ChatCompletionChoice(
             index=index,
@@ -127,6 +121,49 @@ class ChatShape:
             logprobs=_chat_logprobs(choice.logprobs, self.job) if logprobs else None,
             finish_reason=reason,  # type: ignore[arg-type]
         )
+
+    def _parsed(self, index: int, delta: Delta) -> Chunk | None:
+        parser = self.parsers.get(index)
+        if parser is None:
+            assert self.job.tools is not None
+            parser = self.parsers[index] = self.job.tools.parser()
+        if self.job.options.logprobs:
+            self.pending.setdefault(index, []).extend(token_logprobs(delta))
+        return self._events_chunk(index, parser.feed(delta.text) if delta.text else [])
+
+    def _take_logprobs(self, index: int) -> protocol.ChoiceLogprobs | None:
+        entries = self.pending.pop(index, None)
+        return _chat_logprobs(entries, self.job) if entries else None
+
+    def _events_chunk(
+        self, index: int, events: list[toolcalls.Event]
+    ) -> protocol.ChatCompletionChunk | None:
+        """One chunk for what a piece of text let out of the parser (usually one event; a call's
+        start and its first arguments travel together), with the logprobs held till then."""
+        if not events:
+            return None
+        content: list[str] = []
+        calls: list[protocol.DeltaToolCall] = []
+        for event in events:
+            if isinstance(event, toolcalls.Content):
+                content.append(event.text)
+            elif isinstance(event, toolcalls.CallStart):
+                # OpenAI's first piece of a call: id, type and name (then only arguments).
+                function = protocol.DeltaFunction(name=event.name, arguments="")
+                calls.append(
+                    protocol.DeltaToolCall(
+                        index=event.index, id=event.id, type="function", function=function
+                    )
+                )
+            elif calls and calls[-1].index == event.index:
+                function = calls[-1].function
+                assert function is not None
+                function.arguments = (function.arguments or "") + event.text
+            else:
+                function = protocol.DeltaFunction(arguments=event.text)
+                calls.append(protocol.DeltaToolCall(index=event.index, function=function))
+        delta = protocol.DeltaMessage(content="".join(content) or None, tool_calls=calls or None)
+        return self._chunk(index, delta, logprobs=self._take_logprobs(index))
 
     def _chunk(
         self,

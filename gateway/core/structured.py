@@ -1,24 +1,30 @@
 """Structured outputs and tool calls: a chat request's `response_format` and `tools` as a
 guided-decoding guide (TensorRT-LLM's `guided_decoding_guide_type` and `guided_decoding_guide`),
-and a constrained answer parsed back into OpenAI's `tool_calls`.
+and how its answer is read back into OpenAI's `tool_calls` (`gateway.core.toolcalls`).
 
-A tool call is constrained to `{"name": <the function's name>, "arguments": <its parameters>}`:
-one object shape for a named function, for `required` (`anyOf` over the tools) and, as an array of
-them, for parallel calls. The name travels inside the JSON, so parsing needs no knowledge of which
-branch the grammar took, and the arguments are exactly the function's schema.
+A forced call (`tool_choice` `required` or a named function) is constrained to
+`{"name": <the function's name>, "arguments": <its parameters>}`: one object shape for a named
+function, for `required` (`anyOf` over the tools) and, as an array of them, for parallel calls.
+The name travels inside the JSON, so parsing needs no knowledge of which branch the grammar took,
+and the arguments are exactly the function's schema. A JSON schema is a guide every engine takes
+(TensorRT-LLM's xgrammar as well as this CPU engine's llguidance).
+
+With `tool_choice` `auto` on a model whose template has `<tool_call>` blocks, the model decides
+itself: the guide is a structural tag (free text, where `<tool_call>` starts a call that must name
+a listed function and match its schema), as vLLM and TensorRT-LLM constrain tool calls. It only
+helps: a route without guided decoding generates without it, and the blocks are read all the same.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
 from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
 
-from gateway.core import protocol
 from gateway.core.protocol import ChatCompletionRequest
+from gateway.core.toolcalls import JSON, TAGS, ToolParsing
 from gateway.errors import InvalidRequest
 
 SCHEMA_PARAM = "response_format.json_schema.schema"
@@ -36,35 +42,68 @@ class Guide:
     """The JSON schema as text (`json_schema` only)."""
     param: str
     """The OpenAI parameter it came from."""
-    tool_calls: bool = False
-    """The output is `{"name", "arguments"}` calls (an array of them with `parallel`)."""
+    optional: bool = False
+    """It only helps: a route without guided decoding generates without it."""
 
 
-def guide_of(request: ChatCompletionRequest) -> Guide | None:
-    """The guide a validated chat request asks for: its forced tool calls, else its
-    `response_format`; None when the output is free text."""
+@dataclass(frozen=True, slots=True)
+class Output:
+    """What constrains a chat request's answer, and how its tool calls are read back."""
+
+    guide: Guide | None = None
+    tools: ToolParsing | None = None
+    """None: the answer is text (or JSON) and nothing else."""
+
+
+def output_of(request: ChatCompletionRequest, *, tool_tags: bool = False) -> Output:
+    """A validated chat request's guide and tool parsing: forced tool calls, else its
+    `response_format`, else (`tool_tags`: the model's template has `<tool_call>` blocks) the
+    calls the model chooses to make."""
     tools = tool_functions(request)
     choice = request.tool_choice
     if tools and choice is not None and choice not in ("none", "auto"):
+        parallel = bool(request.parallel_tool_calls)
+        forced = ToolParsing(JSON, parallel=parallel)
         if isinstance(choice, dict):
             name = choice["function"]["name"]
             call = _call_schema(name, tools[name])
-            return Guide("json_schema", json.dumps(call), "tool_choice", tool_calls=True)
+            return Output(Guide("json_schema", json.dumps(call), "tool_choice"), forced)
         calls = [_call_schema(name, params) for name, params in tools.items()]
         call = calls[0] if len(calls) == 1 else {"anyOf": calls}
-        if request.parallel_tool_calls:
+        if parallel:
             # At most one call per tool: a model not trained for tools would otherwise go on
             # adding calls until its token budget ends the array unclosed.
             most = min(len(calls), _MAX_PARALLEL_CALLS)
             call = {"type": "array", "items": call, "minItems": 1, "maxItems": most}
-        return Guide("json_schema", json.dumps(call), "tool_choice", tool_calls=True)
+        return Output(Guide("json_schema", json.dumps(call), "tool_choice"), forced)
     fmt = request.response_format
-    if fmt is None or fmt.type == "text":
-        return None
-    if fmt.type == "json_object":
-        return Guide("json", None, "response_format")
-    assert fmt.json_schema is not None  # validation
-    return Guide("json_schema", json.dumps(fmt.json_schema.schema_), "response_format")
+    if fmt is not None and fmt.type == "json_object":
+        return Output(Guide("json", None, "response_format"))
+    if fmt is not None and fmt.type == "json_schema":
+        assert fmt.json_schema is not None  # validation
+        schema = json.dumps(fmt.json_schema.schema_)
+        return Output(Guide("json_schema", schema, "response_format"))
+    if tools and tool_tags and choice != "none":
+        guide = Guide("structural_tag", json.dumps(tool_tag(tools)), "tools", optional=True)
+        return Output(guide, ToolParsing(TAGS, parallel=request.parallel_tool_calls is not False))
+    return Output()
+
+
+def tool_tag(tools: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """TensorRT-LLM's (xgrammar's) structural tag for `<tool_call>` blocks calling `tools`:
+    the begin text names the function, its schema constrains the arguments."""
+    return {
+        "type": "structural_tag",
+        "structures": [
+            {
+                "begin": f'<tool_call>\n{{"name": {json.dumps(name)}, "arguments": ',
+                "schema": parameters,
+                "end": "}\n</tool_call>",
+            }
+            for name, parameters in tools.items()
+        ],
+        "triggers": ["<tool_call>"],
+    }
 
 
 def check_response_format(request: ChatCompletionRequest) -> None:
@@ -154,27 +193,6 @@ def tool_functions(request: ChatCompletionRequest) -> dict[str, dict[str, Any]]:
         tool["function"]["name"]: tool["function"].get("parameters", _ANY_OBJECT)
         for tool in request.tools or []
     }
-
-
-def parse_tool_calls(text: str) -> list[protocol.ToolCallOut] | None:
-    """The tool calls of a constrained answer; None when it is not (a truncated answer)."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    calls = value if isinstance(value, list) else [value]
-    parsed = []
-    for call in calls:
-        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-            return None
-        arguments = json.dumps(call.get("arguments", {}), ensure_ascii=False)
-        parsed.append(
-            protocol.ToolCallOut(
-                id=f"call_{secrets.token_hex(12)}",
-                function=protocol.FunctionCallOut(name=call["name"], arguments=arguments),
-            )
-        )
-    return parsed or None
 
 
 def _call_schema(name: str, parameters: dict[str, Any]) -> dict[str, Any]:

@@ -146,6 +146,7 @@ def sampling_options(
         guide_type=None if guide is None else guide.type,
         guide=None if guide is None else guide.schema,
         guide_param="response_format" if guide is None else guide.param,
+        guide_optional=guide is not None and guide.optional,
     )
 
 

@@ -44,6 +44,8 @@ def build_request(
     """
     p = request.params
     seed = None if p.seed is None else p.seed % _UINT64
+    guided = accepts is None or "guided_decoding_guide" in accepts or not p.guide_optional
+    guide_type, guide = (p.guide_type, p.guide) if guided else (None, None)
     # (tensor, value or None for "not requested", Triton dtype, OpenAI parameter, neutral value)
     optional: list[tuple[str, object, str, str | None, object]] = [
         ("stream", request.stream or None, "BOOL", None, None),
@@ -62,8 +64,8 @@ def build_request(
         ("stop_words", p.stop or None, "BYTES", "stop", None),
         ("return_log_probs", p.logprobs or None, "BOOL", "logprobs", None),
         ("num_logprobs", p.top_logprobs or None, "INT32", "top_logprobs", None),
-        ("guided_decoding_guide_type", _one(p.guide_type), "BYTES", p.guide_param, None),
-        ("guided_decoding_guide", _one(p.guide), "BYTES", p.guide_param, None),
+        ("guided_decoding_guide_type", _one(guide_type), "BYTES", p.guide_param, None),
+        ("guided_decoding_guide", _one(guide), "BYTES", p.guide_param, None),
     ]
     infer = service_pb2.ModelInferRequest(model_name=route, id=request.request_id)
     inputs, contents = infer.inputs, infer.raw_input_contents

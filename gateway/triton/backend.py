@@ -55,7 +55,7 @@ class TritonBackend:
         key = request.affinity or request.prompt[: self.pool.settings.affinity_prefix_chars]
         p = request.params
         if llmapi.speaks_llmapi(tensors.inputs):
-            if p.guide_type:  # NVIDIA's LLM-API model has no guided-decoding tensors
+            if p.guide_type and not p.guide_optional:  # no guided-decoding tensors there
                 raise InvalidRequest(
                     f"'{p.guide_param}' is not supported by this model (no guided decoding).",
                     param=p.guide_param,

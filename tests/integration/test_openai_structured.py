@@ -4,16 +4,23 @@ real gateway and Triton: the CPU engine constrains every answer to its schema to
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 import openai
 import pytest
 from pydantic import BaseModel, Field
+from tokenizers import Tokenizer
 
-from tests.gateway_fixtures import GatewayProcess
+from gateway.core.chat_template import ChatTemplate
+from gateway.core.messages import chat_messages
+from gateway.core.protocol import ChatCompletionRequest
+from tests.gateway_fixtures import GatewayProcess, start_gateway, stop_gateway
 
 
 class Colour(StrEnum):
@@ -264,11 +271,146 @@ def test_a_tool_result_round_trip_is_answered(client: openai.OpenAI, model_id: s
     assert reply.choices[0].finish_reason in ("stop", "length")
 
 
-def test_tool_choice_none_and_auto_answer_in_text(client: openai.OpenAI, model_id: str) -> None:
-    for choice in ("none", "auto"):
-        reply = _chat(client, model_id, tools=TOOLS, tool_choice=choice, max_tokens=12)
-        assert reply.choices[0].message.tool_calls is None
-        assert isinstance(reply.choices[0].message.content, str)
+def test_tool_choice_none_answers_in_text(client: openai.OpenAI, model_id: str) -> None:
+    reply = _chat(client, model_id, tools=TOOLS, tool_choice="none", max_tokens=12)
+    assert reply.choices[0].message.tool_calls is None
+    assert isinstance(reply.choices[0].message.content, str)
+    assert "<tool_call>" not in reply.choices[0].message.content
+
+
+def test_auto_on_a_template_without_a_tool_format_answers_in_text(
+    client: openai.OpenAI, model_id: str
+) -> None:
+    # The tiny model's template has no tool-call format: nothing to read calls back from.
+    reply = _chat(client, model_id, tools=TOOLS, tool_choice="auto", max_tokens=12)
+    assert reply.choices[0].message.tool_calls is None
+    assert isinstance(reply.choices[0].message.content, str)
+
+
+# A Qwen-style template (Hermes `<tool_call>` blocks) over the tiny model's tokenizer: what a
+# real Qwen checkpoint brings. The tiny model was never taught to call tools, so these tests
+# check the path (the engine takes the structural tag, answers are read alike streamed and
+# whole, the history renders calls as blocks), not the model's choices.
+TAGGED_TEMPLATE = (
+    "{%- if tools -%}<|im_start|>system\n# Tools\n<tools>"
+    "{%- for tool in tools -%}\n{{ tool['function'] | tojson }}{%- endfor -%}"
+    "\n</tools><|im_end|>\n{%- endif -%}"
+    "{%- for message in messages -%}<|im_start|>{{ message['role'] }}\n"
+    "{%- if message['content'] is string -%}{{ message['content'] }}{%- endif -%}"
+    "{%- for call in message['tool_calls'] or [] -%}"
+    '<tool_call>\n{"name": "{{ call["function"]["name"] }}", "arguments": '
+    "{{ call['function']['arguments'] }}}\n</tool_call>"
+    "{%- endfor -%}<|im_end|>\n{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+)
+
+
+@pytest.fixture(scope="module")
+def tagged_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tagged-tokenizer")
+    for name in ("tokenizer.json", "special_tokens_map.json"):
+        shutil.copy(tiny_model_dir / name, folder / name)
+    config = json.loads((tiny_model_dir / "tokenizer_config.json").read_text())
+    config["chat_template"] = TAGGED_TEMPLATE
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tagged(
+    triton: Any, tagged_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[openai.OpenAI]:
+    process = start_gateway(
+        tmp_path_factory.mktemp("tagged-gateway"),
+        triton_urls=[triton.grpc_url],
+        config={
+            "cache": {"enabled": False},
+            "models": [
+                {"id": "tagged", "route": "tensorrt_llm_bls", "tokenizer_dir": str(tagged_dir)}
+            ],
+            "discover_models": False,
+        },
+    )
+    try:
+        with openai.OpenAI(base_url=process.base_url, api_key=process.token, max_retries=0) as sdk:
+            yield sdk
+    finally:
+        stop_gateway(process)
+
+
+def _tagged_reply(choice: Any) -> tuple[str | None, list[tuple[str, Any]]]:
+    calls = choice.message.tool_calls or []
+    return choice.message.content, [(c.function.name, c.function.arguments) for c in calls]
+
+
+@pytest.mark.parametrize("question", ["What is the weather in Paris?", "Hello!", "Explain re."])
+def test_auto_with_a_tool_format_is_read_the_same_streamed_and_whole(
+    tagged: openai.OpenAI, question: str
+) -> None:
+    kw: dict[str, Any] = {"tools": TOOLS, "messages": [{"role": "user", "content": question}]}
+    whole = _chat(tagged, "tagged", **kw).choices[0]
+
+    chunks = list(_chat(tagged, "tagged", stream=True, **kw))
+
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    calls: dict[int, list[str]] = {}
+    for chunk in chunks:
+        for piece in chunk.choices[0].delta.tool_calls or []:
+            entry = calls.setdefault(piece.index, ["", ""])
+            entry[0] += piece.function.name or ""
+            entry[1] += piece.function.arguments or ""
+    streamed = (content.strip() or None) if calls else content
+    assert (streamed, [tuple(c) for c in calls.values()]) == _tagged_reply(whole)
+    assert chunks[-1].choices[0].finish_reason == whole.finish_reason
+    for name, arguments in _tagged_reply(whole)[1]:
+        jsonschema.validate(json.loads(arguments), SCHEMAS[name])  # the structural tag's doing
+    if whole.finish_reason == "stop":
+        assert "<tool_call>" not in (whole.message.content or "")
+
+
+def test_a_call_in_the_history_renders_as_a_tool_call_block(
+    tagged: openai.OpenAI, tagged_dir: Path
+) -> None:
+    arguments = '{"city":"Paris","unit":"celsius"}'
+    history = [
+        *ASK,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": arguments},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature": 21}'},
+    ]
+
+    reply = _chat(tagged, "tagged", messages=history, tools=TOOLS, max_tokens=4)
+
+    # The prompt Triton counted is the template's, calls written as `<tool_call>` blocks.
+    template = ChatTemplate(TAGGED_TEMPLATE)
+    request = ChatCompletionRequest.model_validate(
+        {"model": "tagged", "messages": history, "tools": TOOLS}
+    )
+    prompt = template.render(chat_messages(request), tools=TOOLS)
+    call = f'<tool_call>\n{{"name": "get_weather", "arguments": {arguments}}}\n</tool_call>'
+    assert call in prompt
+    tokenizer = Tokenizer.from_file(str(tagged_dir / "tokenizer.json"))
+    assert reply.usage.prompt_tokens == len(tokenizer.encode(prompt).ids)
+
+
+def test_auto_tools_the_engine_cannot_compile_are_a_400_naming_tools(
+    tagged: openai.OpenAI,
+) -> None:
+    # A valid JSON schema llguidance refuses (a pattern with a lookahead).
+    odd = {"type": "object", "properties": {"x": {"type": "string", "pattern": "(?=a)a"}}}
+    tools = [{"type": "function", "function": {"name": "odd", "parameters": odd}}]
+    with pytest.raises(openai.BadRequestError) as exc:
+        _chat(tagged, "tagged", tools=tools)
+    assert exc.value.body["param"] == "tools"  # type: ignore[index]
 
 
 def test_top_logprobs_are_sorted_and_the_same_streamed_and_not(

@@ -24,6 +24,7 @@ from gateway.core.jobs import CHAT, Job
 from gateway.core.protocol import ChatCompletionRequest, Usage
 from gateway.core.shapes import ChatShape, CompletionShape
 from gateway.core.tokenizer import PromptTokenizer
+from gateway.core.toolcalls import JSON, TAGS, ToolParsing
 from gateway.errors import InvalidRequest
 from gateway.triton.adapter import build_request, parse
 
@@ -49,18 +50,59 @@ def _chat(**fields: Any) -> ChatCompletionRequest:
     )
 
 
-def _guide(**fields: Any) -> structured.Guide | None:
+def _output(tool_tags: bool = False, **fields: Any) -> structured.Output:
     request = _chat(**fields)
     structured.check_tools(request)
     structured.check_response_format(request)
-    return structured.guide_of(request)
+    return structured.output_of(request, tool_tags=tool_tags)
+
+
+def _guide(**fields: Any) -> structured.Guide | None:
+    return _output(**fields).guide
 
 
 def test_text_and_no_format_are_unguided() -> None:
-    assert _guide() is None
-    assert _guide(response_format={"type": "text"}) is None
-    assert _guide(tools=TOOLS, tool_choice="auto") is None
-    assert _guide(tools=TOOLS, tool_choice="none", response_format={"type": "text"}) is None
+    assert _output() == structured.Output()
+    assert _output(response_format={"type": "text"}) == structured.Output()
+    # A template without a tool format: `auto` is text, as the model was never taught calls.
+    assert _output(tools=TOOLS, tool_choice="auto") == structured.Output()
+    none = _output(True, tools=TOOLS, tool_choice="none", response_format={"type": "text"})
+    assert none == structured.Output()
+
+
+@pytest.mark.parametrize("choice", [None, "auto"])
+def test_auto_on_a_tagged_template_is_an_optional_structural_tag_read_as_tags(
+    choice: str | None,
+) -> None:
+    output = _output(True, tools=TOOLS, tool_choice=choice)
+
+    guide = output.guide
+    assert guide is not None and guide.type == "structural_tag" and guide.optional
+    assert guide.param == "tools"
+    tag = json.loads(guide.schema or "")
+    assert tag["triggers"] == ["<tool_call>"]
+    begins = [s["begin"] for s in tag["structures"]]
+    assert begins == [
+        '<tool_call>\n{"name": "get_weather", "arguments": ',
+        '<tool_call>\n{"name": "noop", "arguments": ',
+    ]
+    assert tag["structures"][0]["schema"] == WEATHER
+    assert {s["end"] for s in tag["structures"]} == {"}\n</tool_call>"}
+    assert output.tools == ToolParsing(TAGS, parallel=True)
+    off = _output(True, tools=TOOLS, tool_choice=choice, parallel_tool_calls=False)
+    assert off.tools == ToolParsing(TAGS, parallel=False)
+
+
+def test_a_response_format_wins_over_auto_tools() -> None:
+    output = _output(True, tools=TOOLS, response_format={"type": "json_object"})
+    assert output.guide == structured.Guide("json", None, "response_format")
+    assert output.tools is None
+
+
+def test_forced_calls_are_json_even_on_a_tagged_template() -> None:
+    output = _output(True, tools=TOOLS, tool_choice="required")
+    assert output.guide is not None and output.guide.type == "json_schema"
+    assert not output.guide.optional and output.tools == ToolParsing(JSON, parallel=False)
 
 
 def test_json_object_is_the_json_guide_without_a_schema() -> None:
@@ -73,13 +115,17 @@ def test_json_schema_travels_as_its_schema_text() -> None:
     guide = _guide(
         response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": WEATHER}}
     )
-    assert guide is not None and guide.type == "json_schema" and not guide.tool_calls
+    assert guide is not None and guide.type == "json_schema" and not guide.optional
     assert json.loads(guide.schema or "") == WEATHER
+    assert (
+        _output(response_format={"type": "json_schema", "json_schema": {"name": "w"}}).tools is None
+    )
 
 
 def test_a_named_function_is_one_call_of_that_name_with_its_parameters() -> None:
-    guide = _guide(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "noop"}})
-    assert guide is not None and guide.tool_calls and guide.param == "tool_choice"
+    output = _output(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "noop"}})
+    guide = output.guide
+    assert guide is not None and output.tools is not None and guide.param == "tool_choice"
     schema = json.loads(guide.schema or "")
     jsonschema.validate({"name": "noop", "arguments": {}}, schema)
     with pytest.raises(jsonschema.ValidationError):
@@ -103,23 +149,6 @@ def test_an_invalid_schema_names_the_schema_parameter() -> None:
     with pytest.raises(InvalidRequest) as exc:
         structured.check_response_format(_chat(response_format=fmt))
     assert exc.value.param == "response_format.json_schema.schema"
-
-
-def test_tool_calls_parse_into_openai_calls_with_arguments_as_json_text() -> None:
-    calls = structured.parse_tool_calls('{"name": "get_weather", "arguments": {"city": "Oslo"}}')
-    assert calls is not None
-    (call,) = calls
-    assert call.id.startswith("call_") and call.type == "function"
-    assert call.function.name == "get_weather"
-    assert json.loads(call.function.arguments) == {"city": "Oslo"}
-    two = structured.parse_tool_calls('[{"name": "a", "arguments": {}}, {"name": "b"}]')
-    assert [c.function.name for c in two or []] == ["a", "b"]
-    assert two is not None and two[0].id != two[1].id
-
-
-@pytest.mark.parametrize("text", ['{"name": "a", "argu', "[]", '{"arguments": {}}', "[1]"])
-def test_a_truncated_or_shapeless_answer_is_no_tool_call(text: str) -> None:
-    assert structured.parse_tool_calls(text) is None
 
 
 def _inputs(infer: service_pb2.ModelInferRequest) -> dict[str, Any]:
@@ -148,6 +177,19 @@ def test_a_route_without_guided_decoding_refuses_the_guide_naming_its_parameter(
     with pytest.raises(InvalidRequest) as exc:
         build_request("r", GenerationRequest("p", options), frozenset({"text_input", "max_tokens"}))
     assert exc.value.param == "tool_choice"
+
+
+def test_an_optional_guide_is_left_out_where_the_route_cannot_take_it() -> None:
+    options = SamplingOptions(
+        8, guide_type="structural_tag", guide="{}", guide_param="tools", guide_optional=True
+    )
+    plain = frozenset({"text_input", "max_tokens"})
+
+    sent = _inputs(build_request("r", GenerationRequest("p", options), plain))
+
+    assert "guided_decoding_guide" not in sent and "guided_decoding_guide_type" not in sent
+    guided = _inputs(build_request("r", GenerationRequest("p", options), GUIDED))
+    assert guided["guided_decoding_guide_type"] == ["structural_tag"]
 
 
 def _response(**tensors: tuple[str, list[int], bytes]) -> service_pb2.ModelInferResponse:
@@ -187,7 +229,7 @@ def test_token_entries_keep_the_token_ids_and_sort_the_alternatives() -> None:
     assert second.token_id == 9 and [lp for _, lp in second.top] == [-0.5, -0.7]
 
 
-def _job(*, tool_calls: bool = False, top_logprobs: int = 0) -> Job:
+def _job(*, tools: ToolParsing | None = None, top_logprobs: int = 0) -> Job:
     vocab = {"[UNK]": 0, "a": 1, "b": 2, "c": 3}
     tokenizer = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
     model = SimpleNamespace(id="m", tokenizer=PromptTokenizer(tokenizer))
@@ -202,7 +244,7 @@ def _job(*, tool_calls: bool = False, top_logprobs: int = 0) -> Job:
         options=options,
         n=1,
         include_usage=False,
-        tool_calls=tool_calls,
+        tools=tools,
     )
 
 
@@ -210,25 +252,53 @@ def _dump(chunk: Any) -> dict[str, Any]:
     return json.loads(chunk) if isinstance(chunk, bytes) else chunk.model_dump(mode="json")
 
 
-def test_a_streamed_tool_call_is_held_back_then_sent_in_openai_pieces() -> None:
-    shape = ChatShape(_job(tool_calls=True))
+def test_a_streamed_forced_call_is_held_back_then_sent_in_openai_pieces() -> None:
+    shape = ChatShape(_job(tools=ToolParsing(JSON)))
     assert _dump(shape.opening(0)[0])["choices"][0]["delta"] == {"role": "assistant"}
     for piece in ('{"name": "get_weather", ', '"arguments": {"city": "Oslo"}}'):
         assert shape.delta(0, Delta(piece), 0) is None
-    chunks = [_dump(c)["choices"][0] for c in shape.finish(0, "stop")]
-    first, rest, last = chunks
+    first, last = [_dump(c)["choices"][0] for c in shape.finish(0, "stop")]
     (call,) = first["delta"]["tool_calls"]
     assert call["index"] == 0 and call["id"].startswith("call_") and call["type"] == "function"
-    assert call["function"] == {"name": "get_weather", "arguments": ""}
-    (more,) = rest["delta"]["tool_calls"]
-    assert more == {"index": 0, "function": {"arguments": '{"city": "Oslo"}'}}
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city":"Oslo"}'}
     assert last["finish_reason"] == "tool_calls" and last["delta"] == {}
+
+
+def test_a_streamed_tagged_call_sends_its_name_first_then_arguments_in_pieces() -> None:
+    shape = ChatShape(_job(tools=ToolParsing(TAGS)))
+    pieces = ["Sure.", "\n", "<tool_call>", '\n{"name": "get_weather", "arguments": ']
+    pieces += ['{"city":', '"Oslo"', "}}", "\n", "</tool_call>"]
+    deltas = [shape.delta(0, Delta(piece), 0) for piece in pieces]
+    sent = [_dump(d)["choices"][0]["delta"] for d in deltas if d is not None]
+    (last,) = [_dump(c)["choices"][0] for c in shape.finish(0, "stop")]
+
+    assert "".join(d.get("content") or "" for d in sent).strip() == "Sure."
+    calls = [call for d in sent for call in d.get("tool_calls") or []]
+    assert calls[0]["id"].startswith("call_") and calls[0]["function"]["name"] == "get_weather"
+    assert all("id" not in call and "name" not in call["function"] for call in calls[1:])
+    assert "".join(c["function"]["arguments"] for c in calls) == '{"city":"Oslo"}'
+    assert len(calls) >= 3  # the arguments came in more than one piece
+    assert last["finish_reason"] == "tool_calls"
+
+
+def test_logprobs_held_by_the_parser_come_with_its_next_chunk() -> None:
+    shape = ChatShape(_job(tools=ToolParsing(TAGS), top_logprobs=1))
+    held = Delta(
+        "<tool_", logprobs=(-0.5,), token_ids=(1,), top_ids=((1,),), top_logprobs=((-0.5,),)
+    )
+    text = Delta("x", logprobs=(-0.25,), token_ids=(2,), top_ids=((2,),), top_logprobs=((-0.25,),))
+
+    assert shape.delta(0, held, 0) is None
+    chunk = _dump(shape.delta(0, text, 6))["choices"][0]
+
+    assert chunk["delta"]["content"] == "<tool_x"
+    assert [t["logprob"] for t in chunk["logprobs"]["content"]] == [-0.5, -0.25]
 
 
 def test_a_whole_tool_call_answer_has_null_content_and_finish_reason_tool_calls() -> None:
     choice = Choice()
     choice.add(Delta('{"name": "f", "arguments": {}}', finish_reason="stop"))
-    response = ChatShape(_job(tool_calls=True)).response([choice], _USAGE)
+    response = ChatShape(_job(tools=ToolParsing(JSON))).response([choice], _USAGE)
     (answer,) = response.model_dump(mode="json")["choices"]
     assert answer["finish_reason"] == "tool_calls" and answer["message"]["content"] is None
     assert answer["message"]["tool_calls"][0]["function"] == {"name": "f", "arguments": "{}"}
@@ -237,7 +307,7 @@ def test_a_whole_tool_call_answer_has_null_content_and_finish_reason_tool_calls(
 def test_an_unfinished_tool_call_answer_stays_text() -> None:
     choice = Choice()
     choice.add(Delta('{"name": "f", "argu', finish_reason="length"))
-    (answer,) = ChatShape(_job(tool_calls=True)).response([choice], _USAGE).choices
+    (answer,) = ChatShape(_job(tools=ToolParsing(JSON))).response([choice], _USAGE).choices
     assert answer.finish_reason == "length" and answer.message.content == '{"name": "f", "argu'
     assert answer.message.tool_calls is None
 

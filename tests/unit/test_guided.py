@@ -238,3 +238,28 @@ def test_structural_tag_constrains_the_tagged_part(tiny_model_dir) -> None:
     assert not matcher.try_consume_tokens(encode(tokenizer, "hello"))  # JSON must follow
     with pytest.raises(ValueError, match=r"^invalid guide: structural_tag"):
         grammars.matcher("structural_tag", '{"structures": []}')
+
+
+def test_the_gateways_tool_tag_forces_a_listed_name_and_compact_schema_arguments(
+    tiny_model_dir,
+) -> None:
+    from gateway.core.structured import tool_tag
+
+    city = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    tag = tool_tag({"get_weather": city, "get_time": city})
+    grammars = Grammars(tiny_model_dir, 4096)
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+
+    def fresh():
+        matcher = grammars.matcher("structural_tag", json.dumps(tag))
+        assert matcher.consume_tokens(encode(tokenizer, "Let me look. <tool_call>"))
+        return matcher
+
+    matcher = fresh()
+    call = '\n{"name": "get_weather", "arguments": {"city":"Paris"}}\n</tool_call>'
+    assert matcher.consume_tokens(encode(tokenizer, call))
+    assert matcher.is_accepting()  # free text may follow, or the end
+    wrong_name = encode(tokenizer, '\n{"name": "search"')
+    assert fresh().try_consume_tokens(wrong_name) < len(wrong_name)
+    spaced = encode(tokenizer, '\n{"name": "get_time", "arguments": { "city"')
+    assert fresh().try_consume_tokens(spaced) < len(spaced)  # compact, as json_schema is
