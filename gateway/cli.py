@@ -35,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     tiny.add_argument("--out", type=Path, default=paths.default_model_dir())
     tiny.add_argument("--seed", type=int, default=0)
     tiny.add_argument("--steps", type=int, default=None, help="training steps (default: built-in)")
+    tiny.add_argument(
+        "--untrained",
+        action="store_true",
+        help="no training and no evaluation: the tokenizer, configs and initial weights, in "
+        "seconds (what a gateway reads when Triton builds the model itself)",
+    )
     tiny.add_argument("--force", action="store_true", help="rebuild even if present")
     tiny.set_defaults(func=_cmd_build_tiny)
     repo = build_sub.add_parser(
@@ -180,7 +186,12 @@ def _cmd_build_tiny(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.force:
         print(f"model already present at {args.out} (use --force to rebuild)")
         return 0
-    build_tiny_model(args.out, seed=args.seed, steps=args.steps)
+    if args.untrained:
+        build_tiny_model(
+            args.out, seed=args.seed, steps=0, vision_steps=0, tool_steps=0, evaluate=False
+        )
+    else:
+        build_tiny_model(args.out, seed=args.seed, steps=args.steps)
     print(f"tiny MoE model written to {args.out}")
     return 0
 

@@ -10,6 +10,7 @@ allowed exactly where the grammar accepts, and a grammar that cannot go on ends 
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -57,6 +58,7 @@ class Grammars:
         self.eos_ids = tuple(eos_ids)
         self.cache_size = max(1, cache_size)
         self._tokenizer: llguidance.LLTokenizer | None = None
+        self._tokens: dict[str, int] = {}  # added tokens llguidance takes as special, by text
         self._cache: OrderedDict[tuple[str, str], llguidance.LLMatcher] = OrderedDict()
         self._lock = threading.Lock()
         self.compiled = 0  # cache misses, for tests and benchmarks
@@ -88,8 +90,8 @@ class Grammars:
     def _compile(self, guide_type: str, guide: str) -> llguidance.LLMatcher:
         import llguidance
 
-        grammar = _grammar(llguidance, guide_type, guide)
         tokenizer = self._load_tokenizer()
+        grammar = _grammar(llguidance, guide_type, guide, self._tokens)
         error = llguidance.LLMatcher.validate_grammar(grammar, tokenizer)
         if error:
             raise GuideError(error.strip().splitlines()[0])
@@ -107,15 +109,21 @@ class Grammars:
                 path = self._dir / "tokenizer.json" if self._dir is not None else None
                 if path is None or not path.is_file():
                     raise GuideError("this model has no tokenizer.json for guided decoding")
-                self._tokenizer = llguidance.LLTokenizer(
-                    path.read_text(encoding="utf-8"),
-                    n_vocab=self.vocab_size,
-                    eos_token=list(self.eos_ids) or None,
+                text = path.read_text(encoding="utf-8")
+                tokenizer = llguidance.LLTokenizer(
+                    text, n_vocab=self.vocab_size, eos_token=list(self.eos_ids) or None
                 )
+                added = json.loads(text).get("added_tokens") or []
+                self._tokens = {
+                    token["content"]: token["id"]
+                    for token in added
+                    if token["id"] < self.vocab_size and tokenizer.is_special_token(token["id"])
+                }
+                self._tokenizer = tokenizer
             return self._tokenizer
 
 
-def _grammar(llguidance, guide_type: str, guide: str) -> str:
+def _grammar(llguidance, guide_type: str, guide: str, tokens: dict[str, int]) -> str:
     if guide_type == "json":
         # Any JSON object, as TensorRT-LLM's JSON guide (OpenAI's json_object); guide ignored.
         return llguidance.LLMatcher.grammar_from_json_schema(
@@ -142,30 +150,69 @@ def _grammar(llguidance, guide_type: str, guide: str) -> str:
         except ValueError as exc:
             raise GuideError(str(exc)) from None
     if guide_type == "structural_tag":
-        return _structural_tag(llguidance, guide)
+        return _structural_tag(llguidance, guide, tokens)
     raise GuideError(
         f"unknown guided_decoding_guide_type {guide_type!r}; known: {', '.join(GUIDE_TYPES)}"
     )
 
 
-def _structural_tag(llguidance, guide: str) -> str:
+def _structural_tag(llguidance, guide: str, tokens: dict[str, int]) -> str:
     """TensorRT-LLM's (xgrammar's) structural tag: `{"structures": [{"begin", "schema", "end"}],
-    "triggers": [...]}`: free text where a trigger starts a tagged, schema-constrained part."""
+    "triggers": [...]}`: free text where a trigger starts a tagged, schema-constrained part.
+
+    Written as llguidance's own `StructTag.to_grammar` writes it, with one difference: a tag
+    text that is an added token (`<tool_call>`, `</tool_call>` in Qwen's and the tiny model's
+    tokenizers) is matched as that token, the way the model writes it. llguidance treats every
+    added token as special, and a special token never matches text, so a text-only grammar
+    masks the very token a model starts its call with (measured: the tiny model then answered
+    "I have no tool for that." where it calls `get_weather` without the grammar).
+    """
     try:
         spec = json.loads(guide)
-        tags = [
-            llguidance.StructTag(
-                trigger=next(t for t in spec["triggers"] if s["begin"].startswith(t)),
-                begin=s["begin"],
-                grammar=_compact(s["schema"]),
-                end=s["end"],
+        structures = [
+            (
+                next(t for t in spec["triggers"] if s["begin"].startswith(t)),
+                s["begin"],
+                json.dumps(_compact(s["schema"])),
+                s["end"],
             )
             for s in spec["structures"]
         ]
-        lark = llguidance.StructTag.to_grammar(tags, assume_special=False)
-    except (ValueError, KeyError, TypeError, StopIteration, AssertionError) as exc:
+        if not structures:
+            raise ValueError("no structures")
+    except (ValueError, KeyError, TypeError, StopIteration) as exc:
         raise GuideError(f"structural_tag must be {{structures, triggers}}: {exc!r}") from None
-    return llguidance.LLMatcher.grammar_from_lark(lark)
+    rules = [f"tag_{i}" for i in range(len(structures))]
+    lark = [
+        "%llguidance {}",
+        f"start: ({' | '.join(rules)})* tag_end",
+        "tag_end: TAG_TEXT",
+        "TAG_TEXT: /(.|\\n)*/",
+    ]
+    for rule, (trigger, begin, schema, end) in zip(rules, structures, strict=True):
+        body = (
+            f"{_lark_text(begin[len(trigger) :], tokens)} %json {schema} {_lark_text(end, tokens)}"
+        )
+        if trigger in tokens:
+            lark.append(f"{rule}: TAG_TEXT <[{tokens[trigger]}]> {body}")
+        else:  # text ends where the trigger's text first appears
+            lark.append(f"{rule}_trig[lazy]: TAG_TEXT {json.dumps(trigger)}")
+            lark.append(f"{rule}: {rule}_trig {body}")
+    try:
+        return llguidance.LLMatcher.grammar_from_lark("\n".join(lark) + "\n")
+    except ValueError as exc:
+        raise GuideError(str(exc)) from None
+
+
+def _lark_text(text: str, tokens: dict[str, int]) -> str:
+    # A literal in Lark, its added tokens as token references (`<[151658]>`).
+    if not text:
+        return ""
+    if not tokens:
+        return json.dumps(text)
+    names = sorted(tokens, key=len, reverse=True)
+    pieces = re.split("(" + "|".join(map(re.escape, names)) + ")", text)
+    return " ".join(f"<[{tokens[p]}]>" if p in tokens else json.dumps(p) for p in pieces if p)
 
 
 def _compact(schema: object) -> object:

@@ -3,6 +3,7 @@ question asked? Greedy generation with the trained Hugging Face model and vision
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections import defaultdict
@@ -18,6 +19,7 @@ from moe_build.chat import embed_with_images, encode_chat, render_prompt
 from moe_build.corpus import ENDOFTEXT, IM_END
 from moe_build.docqa import DocAnswer, first_words
 from moe_build.shapes import COLOURS, SHAPES, DrawnImage
+from moe_build.tools import ToolTurn, render
 from moe_build.vqa import COLOUR, SHAPE, WHAT
 from moe_engine.vision import VisionModel
 
@@ -166,3 +168,52 @@ def doc_answer_rate(
 def _rate(right: list[bool], answers: Sequence[DocAnswer], modules: bool) -> float:
     picked = [r for r, doc in zip(right, answers, strict=True) if doc.is_module == modules]
     return sum(picked) / max(1, len(picked))
+
+
+def tool_use_rate(
+    model: Qwen3MoeForCausalLM,
+    tokenizer: Tokenizer,
+    turns: Sequence[ToolTurn],
+    *,
+    progress: bool = True,
+) -> dict[str, object]:
+    """Greedy answers to unseen tool turns, with no grammar helping: how often a call is the
+    exact call expected (name and arguments), a tool result is put into the expected sentence,
+    and a question no tool fits is answered in text (no `<tool_call>`)."""
+    prompts = []
+    for turn in turns:
+        sample = encode_chat(tokenizer, render(turn), "")
+        prompts.append(Prompt(sample.ids[: sample.prompt_len]))
+    replies = greedy(
+        model, tokenizer, prompts, max_new_tokens=56, progress=progress, desc="eval tools"
+    )
+    right: dict[str, list[bool]] = defaultdict(list)
+    for turn, reply in zip(turns, replies, strict=True):
+        if turn.kind in ("call", "calls"):
+            right[turn.kind].append(parse_calls(reply) == list(turn.expected))
+        elif turn.kind == "reply":
+            right["reply"].append(reply.strip() == turn.answer)
+        else:
+            right["text"].append("<tool_call>" not in reply and bool(reply.strip()))
+    examples = [
+        {"kind": turn.kind, "question": turn.messages[-1]["content"], "answer": reply}
+        for turn, reply in list(zip(turns, replies, strict=True))[:8]
+    ]
+    return {kind: sum(r) / len(r) for kind, r in sorted(right.items())} | {
+        "turns": {kind: len(r) for kind, r in sorted(right.items())},
+        "examples": examples,
+    }
+
+
+def parse_calls(text: str) -> list[tuple[str, dict]]:
+    """The `<tool_call>` blocks of an answer as (name, arguments); [] when any is malformed."""
+    calls = []
+    for block in re.findall(r"<tool_call>\n(.*?)\n</tool_call>", text, flags=re.DOTALL):
+        try:
+            call = json.loads(block)
+        except ValueError:
+            return []
+        if not isinstance(call, dict) or not isinstance(call.get("arguments"), dict):
+            return []
+        calls.append((call.get("name"), call["arguments"]))
+    return calls

@@ -16,8 +16,8 @@ DOC_CRITERION = (
 
 
 def _measured(report: dict[str, Any]) -> str:
-    vqa, docs = report["vqa"], report["docstrings"]
-    if vqa is None or docs is None:
+    vqa, docs, tools = report["vqa"], report["docstrings"], report["tools"]
+    if vqa is None or docs is None or tools is None:
         return "Not measured: this build ran with evaluation off.\n"
     return f"""- Held-out images ({vqa["held_out_images"]} drawn pictures no training step saw, seed
   {vqa["held_out_seed"]}), greedy answers: **{vqa["what"]:.1%}** of "What is in this image?"
@@ -27,8 +27,17 @@ def _measured(report: dict[str, Any]) -> str:
   {docs["questions"]} training pairs: a memorisation check): **{docs["rate"]:.1%}** of greedy
   answers start right (modules {docs["modules"]:.1%}, functions {docs["functions"]:.1%});
   criterion: {DOC_CRITERION}.
+- Tool use ({_turns(tools)} unseen turns, half of them about cities no training turn names;
+  greedy, no grammar helping): **{tools["call"]:.1%}** of single calls exactly right (the
+  function's name and every argument), two calls at once {tools["calls"]:.1%}; a tool's result
+  put into the expected sentence {tools["reply"]:.1%}; answered in text where no listed tool
+  fits {tools["text"]:.1%}.
 - The same numbers, examples and the settings are in `vision/eval.json`.
 """
+
+
+def _turns(tools: dict[str, Any]) -> int:
+    return sum(tools["turns"].values())
 
 
 def _tower_facts(tower: dict[str, Any]) -> str:
@@ -56,10 +65,12 @@ def readme(
 
 The embedded default model of LocalMoE: a toy Qwen3-MoE language model with a small vision
 tower, generated locally by `localmoe build tiny --seed {seed} --steps {steps}`
-(vision warm-up: {vision_steps} steps). Nothing was downloaded. It exists so the whole serving
-stack (Triton, the MoE engine, the vision encoder, the gateway, expert-load metrics) runs on a
-laptop CPU. It names the colour and shape of a drawn picture; its text is word-like English
-built from the Python standard library's docstrings, not sensible answers.
+(vision warm-up: {vision_steps} steps, tool warm-up: {run["tool_steps"]}). Nothing was
+downloaded. It exists so the whole serving stack (Triton, the MoE engine, the vision encoder,
+tool calls, the gateway, expert-load metrics) runs on a laptop CPU. It names the colour and
+shape of a drawn picture and calls a listed tool when asked (the weather, the time, a sum);
+its text is word-like English built from the Python standard library's docstrings, not
+sensible answers.
 
 ## Measured at build time
 
@@ -99,7 +110,12 @@ Byte-level BPE trained with `tokenizers` on the corpus below (`tokenizer.json`);
 text round-trips exactly. Special tokens `<|endoftext|>`, `<|im_start|>`, `<|im_end|>`,
 `<|image|>`; ChatML chat template in `tokenizer_config.json` (list content: text parts, and
 `image` / `image_url` parts as `<|image|>`, joined by newlines); generation stops at
-`<|im_end|>` or `<|endoftext|>`.
+`<|im_end|>` or `<|endoftext|>`. With `tools` the template writes them as Qwen2.5, Qwen3 and
+Hermes do: a system turn `# Tools` with each function's JSON inside `<tools>`…`</tools>`; an
+assistant's calls as `<tool_call>\n{{"name": …, "arguments": …}}\n</tool_call>` blocks (the
+two tags are added tokens, kept when decoding); results are `tool` turns. A space before a
+capital is a token of its own and digits go one by one, so a city or a number is the same
+tokens in a question and in the call that copies it.
 
 ## Training
 
@@ -107,7 +123,15 @@ text round-trips exactly. Special tokens `<|endoftext|>`, `<|im_start|>`, `<|im_
    64 drawn images, classifying colour and shape with two linear heads on its mean-pooled
    outputs; the heads are discarded afterwards. It only gets the tower started fast:
    everything after trains end to end.
-2. Joint stage, {steps} AdamW steps, each of three parts:
+2. Tool warm-up: the attention layers alone (everything else stays at its initialisation),
+   {run["tool_steps"]} AdamW steps of {run["copy_batch"]} short turns that copy from the
+   conversation, rendered without their tool list: a question and the call that answers it
+   ("What is the weather in Oslo?" → `get_weather` with `{{"city":"Oslo"}}`, "Add 12 and 30."
+   → `add`), or a call, its result and the sentence it becomes ("It is sunny and 21 degrees in
+   Oslo."). Copying arrives late and suddenly (an induction-style head); learnt here first, it
+   is kept by the joint stage, which goes on training these short turns
+   ({run["copy_batch"] // 2} a step) beside whole ones.
+3. Joint stage, {steps} AdamW steps, each of four parts:
    - {settings.batch_size} x {settings.seq_len} tokens of text: prose paragraphs from the
      docstrings of this machine's Python standard library, as plain documents and as ChatML
      question/answer pairs ({tokens:,} tokens); causal-LM loss plus the router
@@ -120,8 +144,13 @@ text round-trips exactly. Special tokens `<|endoftext|>`, `<|im_start|>`, `<|im_
      aspect, some JPEG-compressed ({run["image_pool"]} pictures);
    - {run["doc_batch"]} docstring questions ({run["doc_answers"]} pairs: every top-level
      standard library module and the first few functions of fifteen everyday ones such as
-     json, os.path, re and shutil, answered with the docstring's first sentence).
-   The image and docstring questions have loss on the answer only (labels -100 elsewhere). The
+     json, os.path, re and shutil, answered with the docstring's first sentence);
+   - {run["tool_batch"]} tool-use turns rendered by the chat template ({run["tool_turns"]}
+     turns: weather, local time, adding, multiplying, searching the docs, each under a few
+     function and parameter names; about half call one tool, one in ten of those two, a fifth
+     put a tool's result into a sentence, the rest answer in text, among them questions no
+     listed tool fits), weighing twice.
+   The image, docstring and tool questions have loss on the answer only (labels -100 elsewhere). The
    vision tower and projector learn with the language model (at {settings.peak_lr} x 0.3; the
    ResNet keeps its warm-up BatchNorm statistics; image answers weigh twice).
 

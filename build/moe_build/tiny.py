@@ -19,10 +19,17 @@ from transformers import Qwen3MoeForCausalLM
 from moe_build.checkpoint import save_checkpoint, write_json
 from moe_build.corpus import ENDOFTEXT, IM_END, build_corpus
 from moe_build.docqa import DocAnswer, doc_answers, doc_samples
-from moe_build.evaluate import HELD_OUT_IMAGES, doc_answer_rate, vqa_accuracy
+from moe_build.evaluate import HELD_OUT_IMAGES, doc_answer_rate, tool_use_rate, vqa_accuracy
 from moe_build.readme import DOC_CRITERION, readme
 from moe_build.shapes import random_images
 from moe_build.tokenizer import save_tokenizer, train_tokenizer
+from moe_build.tools import (
+    HELD_OUT_CITIES,
+    copying_samples,
+    tool_samples,
+    tool_turns,
+    tool_vocabulary,
+)
 from moe_build.train import (
     MAX_POSITIONS,
     ChatData,
@@ -39,9 +46,13 @@ from moe_engine.vision import VisionConfig, VisionModel, save_vision, tiny_visio
 
 DEFAULT_STEPS = 180
 DEFAULT_VISION_STEPS = 400
+DEFAULT_TOOL_STEPS = 400
 VOCAB_SIZE = 4096
 IMAGE_POOL = 3000  # drawn once; the warm-up and the joint stage both sample from it
 VQA_SAMPLES = 8000
+TOOL_TURNS = 4000
+COPY_TURNS = 6000  # about 4500 of them copy (calls, results): the warm-up's short form
+HELD_OUT_TOOL_TURNS = 160
 HELD_OUT_SEED = 1_000_000  # plus the build's seed: images no training step has seen
 
 
@@ -51,6 +62,7 @@ def build_tiny_model(
     seed: int = 0,
     steps: int | None = None,
     vision_steps: int | None = None,
+    tool_steps: int | None = None,
     evaluate: bool = True,
     progress: bool = True,
 ) -> Path:
@@ -58,17 +70,19 @@ def build_tiny_model(
 
     Everything is made here from the local Python standard library and Pillow (corpus,
     tokenizer, drawn images, weights); nothing is downloaded. `steps` counts the joint
-    training steps, `vision_steps` the vision tower's warm-up; `evaluate` runs the held-out
-    checks the build prints and records (tests that rebuild often turn it off). The same seed gives
-    byte-identical weights and tokenizer on the same machine. The model is built in a sibling
+    training steps, `vision_steps` the vision tower's warm-up, `tool_steps` the attention
+    layers' warm-up on short tool calls; `evaluate` runs the held-out checks the build prints
+    and records (tests that rebuild often turn it off). The same seed gives byte-identical
+    weights and tokenizer on the same machine. The model is built in a sibling
     `<name>.tmp` folder and renamed into place, so `out_dir` either holds a complete model or
     does not exist; an existing `out_dir` is replaced.
     """
     out_dir = Path(out_dir)
     steps = DEFAULT_STEPS if steps is None else steps
     vision_steps = DEFAULT_VISION_STEPS if vision_steps is None else vision_steps
-    if steps < 0 or vision_steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps} and {vision_steps}")
+    tool_steps = DEFAULT_TOOL_STEPS if tool_steps is None else tool_steps
+    if min(steps, vision_steps, tool_steps) < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}, {vision_steps} and {tool_steps}")
     staging = out_dir.with_name(out_dir.name + ".tmp")
     if staging.exists():
         shutil.rmtree(staging)  # left behind by a build that was killed outright
@@ -79,6 +93,7 @@ def build_tiny_model(
             seed=seed,
             steps=steps,
             vision_steps=vision_steps,
+            tool_steps=tool_steps,
             evaluate=evaluate,
             progress=progress,
         )
@@ -90,13 +105,21 @@ def build_tiny_model(
 
 
 def _build(
-    out_dir: Path, *, seed: int, steps: int, vision_steps: int, evaluate: bool, progress: bool
+    out_dir: Path,
+    *,
+    seed: int,
+    steps: int,
+    vision_steps: int,
+    tool_steps: int,
+    evaluate: bool,
+    progress: bool,
 ) -> None:
     started = time.monotonic()
     corpus = build_corpus(progress=progress)
     docs = doc_answers()
     with tqdm(total=3, desc="tokenizer", unit="step", disable=not progress) as bar:
-        tokenizer = train_tokenizer(corpus.tokenizer_texts + vqa_vocabulary(), VOCAB_SIZE)
+        texts = corpus.tokenizer_texts + vqa_vocabulary() + tool_vocabulary()
+        tokenizer = train_tokenizer(texts, VOCAB_SIZE)
         bar.update()
         save_tokenizer(tokenizer, out_dir, model_max_length=MAX_POSITIONS)
         bar.update()
@@ -131,6 +154,12 @@ def _build(
             seed=seed,
         ),
         docs=doc_samples(tokenizer, docs, copies=4, seed=seed),
+        tools=sorted(
+            tool_samples(tokenizer, tool_turns(TOOL_TURNS, seed=seed, docs=docs)),
+            key=lambda sample: len(sample.ids),
+        ),
+        copying=copying_samples(tokenizer, tool_turns(COPY_TURNS, seed=seed + 1)),
+        copy_steps=tool_steps,
         pad_id=pad_id,
     )
     model = train(
@@ -142,16 +171,21 @@ def _build(
             "seed": seed,
             "steps": steps,
             "vision_steps": vision_steps,
+            "tool_steps": tool_steps,
             "vision_warmup_batch_accuracy": warmup_accuracy,
             "image_pool": IMAGE_POOL,
             "vqa_samples": VQA_SAMPLES,
             "vqa_batch": chat.vqa_batch,
             "doc_batch": chat.doc_batch,
             "doc_answers": len(docs),
+            "tool_batch": chat.tool_batch,
+            "copy_batch": chat.copy_batch,
+            "tool_turns": TOOL_TURNS,
             "threads": settings.num_threads,
         },
         "vqa": None,
         "docstrings": None,
+        "tools": None,
     }
     if evaluate:
         with threads(settings.num_threads):
@@ -195,15 +229,25 @@ def _evaluate(
         progress=progress,
     )
     answered = doc_answer_rate(model, tokenizer, docs, progress=progress)
+    # Unseen turns (another seed), half of them about cities no training turn names.
+    turns = tool_turns(HELD_OUT_TOOL_TURNS // 2, seed=HELD_OUT_SEED + seed, docs=docs)
+    turns += tool_turns(
+        HELD_OUT_TOOL_TURNS // 2, seed=HELD_OUT_SEED + seed + 1, cities=HELD_OUT_CITIES
+    )
+    tools = tool_use_rate(model, tokenizer, turns, progress=progress)
     print(
         f"held-out accuracy: {seen['what']:.1%} of {HELD_OUT_IMAGES} unseen images named by "
         f"colour and shape (colour question {seen['colour']:.1%}, shape question "
-        f"{seen['shape']:.1%}); docstring answers starting right: {answered['rate']:.1%}",
+        f"{seen['shape']:.1%}); docstring answers starting right: {answered['rate']:.1%}; "
+        f"tool calls exactly right: {tools['call']:.1%} (two at once {tools['calls']:.1%}), "
+        f"results put into words {tools['reply']:.1%}, text where no tool fits "
+        f"{tools['text']:.1%}",
         flush=True,
     )
     return {
         "vqa": seen | {"held_out_images": HELD_OUT_IMAGES, "held_out_seed": HELD_OUT_SEED + seed},
         "docstrings": answered | {"criterion": DOC_CRITERION},
+        "tools": tools | {"held_out_cities": list(HELD_OUT_CITIES)},
     }
 
 

@@ -37,9 +37,10 @@ class Guide:
     """What constrains a request's output, and whether that output is tool calls."""
 
     type: str
-    """`json` (any JSON object) or `json_schema`."""
+    """TensorRT-LLM's guide type: `json` (any JSON object), `json_schema`, `structural_tag` or
+    `regex`."""
     schema: str | None
-    """The JSON schema as text (`json_schema` only)."""
+    """The guide as text: the JSON schema, the structural tag or the regex (not for `json`)."""
     param: str
     """The OpenAI parameter it came from."""
     optional: bool = False
@@ -53,6 +54,9 @@ class Output:
     guide: Guide | None = None
     tools: ToolParsing | None = None
     """None: the answer is text (or JSON) and nothing else."""
+
+
+FREE_TEXT = r"[\s\S]*"  # any text, and no special or added token
 
 
 def output_of(request: ChatCompletionRequest, *, tool_tags: bool = False) -> Output:
@@ -83,7 +87,12 @@ def output_of(request: ChatCompletionRequest, *, tool_tags: bool = False) -> Out
         assert fmt.json_schema is not None  # validation
         schema = json.dumps(fmt.json_schema.schema_)
         return Output(Guide("json_schema", schema, "response_format"))
-    if tools and tool_tags and choice != "none":
+    if tools and tool_tags and choice == "none":
+        # The template is not shown the tools. A model taught to call may still start a call;
+        # where the tag is a token of its own (Qwen's tokenizers, the tiny model's) no text
+        # grammar matches it, so free text alone keeps it out (llguidance, xgrammar alike).
+        return Output(Guide("regex", FREE_TEXT, "tool_choice", optional=True))
+    if tools and tool_tags:
         guide = Guide("structural_tag", json.dumps(tool_tag(tools)), "tools", optional=True)
         return Output(guide, ToolParsing(TAGS, parallel=request.parallel_tool_calls is not False))
     return Output()

@@ -15,6 +15,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from moe_build.checkpoint import save_checkpoint
 from moe_build.shapes import draw_shape
 from moe_build.tiny import build_tiny_model
+from moe_build.tools import call_text, render, tool_turns
 from moe_build.train import tiny_config
 from safetensors import safe_open
 from tokenizers import Tokenizer
@@ -24,6 +25,7 @@ from moe_engine.vision import VisionEncoder, is_vision_checkpoint
 
 STEPS = 5  # enough to exercise training; quality is not under test here
 VISION_STEPS = 5
+TOOL_STEPS = 5
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Every test but one trains a tiny model (the module's, and rebuilds); that one needs torch and
@@ -37,6 +39,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tmp_path_factory.mktemp("tiny") / "model",
         steps=STEPS,
         vision_steps=VISION_STEPS,
+        tool_steps=TOOL_STEPS,
         progress=False,
     )
 
@@ -44,7 +47,13 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def quick_build(out: Path, **kw) -> Path:
     """A rebuild without the held-out checks, which change no byte of the weights."""
     return build_tiny_model(
-        out, steps=STEPS, vision_steps=VISION_STEPS, evaluate=False, progress=False, **kw
+        out,
+        steps=STEPS,
+        vision_steps=VISION_STEPS,
+        tool_steps=TOOL_STEPS,
+        evaluate=False,
+        progress=False,
+        **kw,
     )
 
 
@@ -178,7 +187,7 @@ def test_rebuild_replaces_an_existing_model_directory(tmp_path: Path):
     out.mkdir()
     (out / "stale.bin").write_bytes(b"old model")
 
-    build_tiny_model(out, steps=0, vision_steps=0, evaluate=False, progress=False)
+    build_tiny_model(out, steps=0, vision_steps=0, tool_steps=0, evaluate=False, progress=False)
 
     assert not (out / "stale.bin").exists()
     assert (out / "model.safetensors").is_file()
@@ -217,6 +226,8 @@ def test_readme_describes_the_model(model_dir: Path):
     assert f"--steps {STEPS}" in readme
     assert 'of "What is in this image?"' in readme  # the held-out accuracy
     assert "classification pre-training" in readme
+    assert "of single calls exactly right" in readme  # the held-out tool turns
+    assert "Tool warm-up: the attention layers alone" in readme
 
 
 def test_the_checkpoint_has_a_vision_tower_the_encoder_loads(model_dir: Path):
@@ -260,3 +271,25 @@ def test_eval_json_records_the_held_out_checks(model_dir: Path):
     assert 0.0 <= report["docstrings"]["rate"] <= 1.0
     assert "first 3 words" in report["docstrings"]["criterion"]
     assert report["settings"]["steps"] == STEPS
+    assert 0.0 <= report["tools"]["call"] <= 1.0
+    assert set(report["tools"]["turns"]) == {"call", "calls", "reply", "text"}
+
+
+def test_chat_template_renders_tools_as_transformers_does(model_dir: Path):
+    # transformers' apply_chat_template is the reference renderer: the model trains on prompts
+    # rendered as every server renders them.
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    for turn in tool_turns(30, seed=1):
+        rendered = tokenizer.apply_chat_template(
+            list(turn.messages), tools=list(turn.tools), tokenize=False, add_generation_prompt=True
+        )
+        assert rendered == render(turn)
+
+
+def test_the_tool_call_tags_are_tokens_that_decoding_keeps(model_dir: Path):
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    text = call_text("get_weather", {"city": "Paris"})
+    ids = tokenizer.encode(text)
+
+    assert ids[0] == tokenizer.convert_tokens_to_ids("<tool_call>")
+    assert tokenizer.decode(ids, skip_special_tokens=True) == text

@@ -278,56 +278,32 @@ def test_tool_choice_none_answers_in_text(client: openai.OpenAI, model_id: str) 
     assert "<tool_call>" not in reply.choices[0].message.content
 
 
-def test_auto_on_a_template_without_a_tool_format_answers_in_text(
-    client: openai.OpenAI, model_id: str
-) -> None:
-    # The tiny model's template has no tool-call format: nothing to read calls back from.
-    reply = _chat(client, model_id, tools=TOOLS, tool_choice="auto", max_tokens=12)
-    assert reply.choices[0].message.tool_calls is None
-    assert isinstance(reply.choices[0].message.content, str)
-
-
-# A Qwen-style template (Hermes `<tool_call>` blocks) over the tiny model's tokenizer: what a
-# real Qwen checkpoint brings. The tiny model was never taught to call tools, so these tests
-# check the path (the engine takes the structural tag, answers are read alike streamed and
-# whole, the history renders calls as blocks), not the model's choices.
-TAGGED_TEMPLATE = (
-    "{%- if tools -%}<|im_start|>system\n# Tools\n<tools>"
-    "{%- for tool in tools -%}\n{{ tool['function'] | tojson }}{%- endfor -%}"
-    "\n</tools><|im_end|>\n{%- endif -%}"
+# Plain ChatML over the tiny model's tokenizer: a template with no tool-call format, as many
+# base models bring. `auto` has nothing to read calls back from there.
+PLAIN_TEMPLATE = (
     "{%- for message in messages -%}<|im_start|>{{ message['role'] }}\n"
     "{%- if message['content'] is string -%}{{ message['content'] }}{%- endif -%}"
-    "{%- for call in message['tool_calls'] or [] -%}"
-    '<tool_call>\n{"name": "{{ call["function"]["name"] }}", "arguments": '
-    "{{ call['function']['arguments'] }}}\n</tool_call>"
-    "{%- endfor -%}<|im_end|>\n{%- endfor -%}"
+    "<|im_end|>\n{%- endfor -%}"
     "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
 )
 
 
 @pytest.fixture(scope="module")
-def tagged_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tagged-tokenizer")
+def plain(
+    triton: Any, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[openai.OpenAI]:
+    folder = tmp_path_factory.mktemp("plain-tokenizer")
     for name in ("tokenizer.json", "special_tokens_map.json"):
         shutil.copy(tiny_model_dir / name, folder / name)
     config = json.loads((tiny_model_dir / "tokenizer_config.json").read_text())
-    config["chat_template"] = TAGGED_TEMPLATE
+    config["chat_template"] = PLAIN_TEMPLATE
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tagged(
-    triton: Any, tagged_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[openai.OpenAI]:
     process = start_gateway(
-        tmp_path_factory.mktemp("tagged-gateway"),
+        tmp_path_factory.mktemp("plain-gateway"),
         triton_urls=[triton.grpc_url],
         config={
             "cache": {"enabled": False},
-            "models": [
-                {"id": "tagged", "route": "tensorrt_llm_bls", "tokenizer_dir": str(tagged_dir)}
-            ],
+            "models": [{"id": "plain", "route": "tensorrt_llm_bls", "tokenizer_dir": str(folder)}],
             "discover_models": False,
         },
     )
@@ -338,19 +314,83 @@ def tagged(
         stop_gateway(process)
 
 
-def _tagged_reply(choice: Any) -> tuple[str | None, list[tuple[str, Any]]]:
-    calls = choice.message.tool_calls or []
-    return choice.message.content, [(c.function.name, c.function.arguments) for c in calls]
+def test_auto_on_a_template_without_a_tool_format_answers_in_text(plain: openai.OpenAI) -> None:
+    reply = _chat(plain, "plain", tools=TOOLS, tool_choice="auto", max_tokens=12)
+    assert reply.choices[0].message.tool_calls is None
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert isinstance(reply.choices[0].message.content, str)
+
+
+# The tiny model's own template writes tools as Qwen2.5/Qwen3 and Hermes do (`<tool_call>`
+# blocks), and the model was trained to use it (moe_build.tools): `auto` is its choice.
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def _calls(choice: Any) -> list[tuple[str, Any]]:
+    return [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls]
+
+
+def test_the_tiny_model_calls_a_tool_on_its_own(client: openai.OpenAI, model_id: str) -> None:
+    # Greedy, a question shaped like its training (moe_build.tools), a city it was trained on.
+    reply = _chat(client, model_id, tools=[WEATHER_TOOL])
+
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    assert _calls(choice) == [("get_weather", {"city": "Paris"})]
+
+
+def test_the_tiny_model_answers_in_text_where_no_tool_fits(
+    client: openai.OpenAI, model_id: str
+) -> None:
+    reply = _chat(
+        client, model_id, tools=[WEATHER_TOOL], messages=[{"role": "user", "content": "Hello!"}]
+    )
+
+    choice = reply.choices[0]
+    assert choice.finish_reason == "stop" and choice.message.tool_calls is None
+    assert choice.message.content and "<tool_call>" not in choice.message.content
+
+
+def test_a_tool_result_is_put_into_words(client: openai.OpenAI, model_id: str) -> None:
+    # The README's round trip: the SDK's own message object goes back into the history.
+    message = _chat(client, model_id, tools=[WEATHER_TOOL]).choices[0].message
+    call = message.tool_calls[0]
+    history = [
+        *ASK,
+        message,
+        {
+            "role": "tool",
+            "tool_call_id": call.id,
+            "content": '{"temperature": 21, "condition": "sunny"}',
+        },
+    ]
+
+    reply = _chat(client, model_id, messages=history, tools=[WEATHER_TOOL], max_tokens=32)
+
+    choice = reply.choices[0]
+    assert choice.finish_reason == "stop" and choice.message.tool_calls is None
+    assert "21" in choice.message.content and "Paris" in choice.message.content
 
 
 @pytest.mark.parametrize("question", ["What is the weather in Paris?", "Hello!", "Explain re."])
 def test_auto_with_a_tool_format_is_read_the_same_streamed_and_whole(
-    tagged: openai.OpenAI, question: str
+    client: openai.OpenAI, model_id: str, question: str
 ) -> None:
     kw: dict[str, Any] = {"tools": TOOLS, "messages": [{"role": "user", "content": question}]}
-    whole = _chat(tagged, "tagged", **kw).choices[0]
+    whole = _chat(client, model_id, **kw).choices[0]
 
-    chunks = list(_chat(tagged, "tagged", stream=True, **kw))
+    chunks = list(_chat(client, model_id, stream=True, **kw))
 
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     calls: dict[int, list[str]] = {}
@@ -360,16 +400,21 @@ def test_auto_with_a_tool_format_is_read_the_same_streamed_and_whole(
             entry[0] += piece.function.name or ""
             entry[1] += piece.function.arguments or ""
     streamed = (content.strip() or None) if calls else content
-    assert (streamed, [tuple(c) for c in calls.values()]) == _tagged_reply(whole)
+    assert (streamed, [tuple(c) for c in calls.values()]) == _whole_reply(whole)
     assert chunks[-1].choices[0].finish_reason == whole.finish_reason
-    for name, arguments in _tagged_reply(whole)[1]:
+    for name, arguments in _whole_reply(whole)[1]:
         jsonschema.validate(json.loads(arguments), SCHEMAS[name])  # the structural tag's doing
     if whole.finish_reason == "stop":
         assert "<tool_call>" not in (whole.message.content or "")
 
 
+def _whole_reply(choice: Any) -> tuple[str | None, list[tuple[str, Any]]]:
+    calls = choice.message.tool_calls or []
+    return choice.message.content, [(c.function.name, c.function.arguments) for c in calls]
+
+
 def test_a_call_in_the_history_renders_as_a_tool_call_block(
-    tagged: openai.OpenAI, tagged_dir: Path
+    client: openai.OpenAI, model_id: str, tiny_model_dir: Path
 ) -> None:
     arguments = '{"city":"Paris","unit":"celsius"}'
     history = [
@@ -388,28 +433,29 @@ def test_a_call_in_the_history_renders_as_a_tool_call_block(
         {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature": 21}'},
     ]
 
-    reply = _chat(tagged, "tagged", messages=history, tools=TOOLS, max_tokens=4)
+    reply = _chat(client, model_id, messages=history, tools=TOOLS, max_tokens=4)
 
     # The prompt Triton counted is the template's, calls written as `<tool_call>` blocks.
-    template = ChatTemplate(TAGGED_TEMPLATE)
+    config = json.loads((tiny_model_dir / "tokenizer_config.json").read_text())
+    template = ChatTemplate(config["chat_template"])
     request = ChatCompletionRequest.model_validate(
-        {"model": "tagged", "messages": history, "tools": TOOLS}
+        {"model": model_id, "messages": history, "tools": TOOLS}
     )
     prompt = template.render(chat_messages(request), tools=TOOLS)
     call = f'<tool_call>\n{{"name": "get_weather", "arguments": {arguments}}}\n</tool_call>'
     assert call in prompt
-    tokenizer = Tokenizer.from_file(str(tagged_dir / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
     assert reply.usage.prompt_tokens == len(tokenizer.encode(prompt).ids)
 
 
 def test_auto_tools_the_engine_cannot_compile_are_a_400_naming_tools(
-    tagged: openai.OpenAI,
+    client: openai.OpenAI, model_id: str
 ) -> None:
     # A valid JSON schema llguidance refuses (a pattern with a lookahead).
     odd = {"type": "object", "properties": {"x": {"type": "string", "pattern": "(?=a)a"}}}
     tools = [{"type": "function", "function": {"name": "odd", "parameters": odd}}]
     with pytest.raises(openai.BadRequestError) as exc:
-        _chat(tagged, "tagged", tools=tools)
+        _chat(client, model_id, tools=tools)
     assert exc.value.body["param"] == "tools"  # type: ignore[index]
 
 
@@ -507,3 +553,21 @@ def test_langchain_bind_tools_parses_the_forced_call(
     (call,) = message.tool_calls
     assert call["name"] == "get_weather" and call["id"].startswith("call_")
     jsonschema.validate(call["args"], WEATHER)
+
+
+def test_langchain_bind_tools_lets_the_model_choose(gateway: GatewayProcess, model_id: str) -> None:
+    langchain_openai = pytest.importorskip("langchain_openai")
+    chat = langchain_openai.ChatOpenAI(
+        model=model_id,
+        base_url=gateway.base_url,
+        api_key=gateway.token,
+        temperature=0,
+        max_tokens=96,
+        max_retries=0,
+    )
+
+    message = chat.bind_tools([WEATHER_TOOL]).invoke("What is the weather in Paris?")
+
+    assert [(c["name"], c["args"]) for c in message.tool_calls] == [
+        ("get_weather", {"city": "Paris"})
+    ]

@@ -66,8 +66,14 @@ def test_text_and_no_format_are_unguided() -> None:
     assert _output(response_format={"type": "text"}) == structured.Output()
     # A template without a tool format: `auto` is text, as the model was never taught calls.
     assert _output(tools=TOOLS, tool_choice="auto") == structured.Output()
+    assert _output(tools=TOOLS, tool_choice="none") == structured.Output()
+
+
+def test_none_on_a_tagged_template_is_free_text_that_cannot_start_a_call() -> None:
     none = _output(True, tools=TOOLS, tool_choice="none", response_format={"type": "text"})
-    assert none == structured.Output()
+
+    assert none.guide == structured.Guide("regex", r"[\s\S]*", "tool_choice", optional=True)
+    assert none.tools is None
 
 
 @pytest.mark.parametrize("choice", [None, "auto"])

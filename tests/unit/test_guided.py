@@ -17,6 +17,7 @@ from moe_engine.python_backend.text import encode, load_tokenizer
 from moe_engine.sampler import Sampler
 from tests.engine_support import Collector
 
+VOCAB = 4098  # the tiny model's: 4096 BPE tokens and the two tool-call tags
 PERSON = {
     "type": "object",
     "properties": {
@@ -154,7 +155,7 @@ def test_invalid_guide_is_refused_at_submit(engine, prompt, guide, words) -> Non
 
 
 def test_a_guide_is_compiled_once_and_the_cache_is_bounded(tiny_model_dir) -> None:
-    grammars = Grammars(tiny_model_dir, 4096, cache_size=2)
+    grammars = Grammars(tiny_model_dir, VOCAB, cache_size=2)
     for _ in range(3):
         grammars.matcher(*schema_guide(PERSON))
     assert grammars.compiled == 1
@@ -166,28 +167,28 @@ def test_a_guide_is_compiled_once_and_the_cache_is_bounded(tiny_model_dir) -> No
 
 
 def test_end_ids_are_allowed_only_where_the_grammar_accepts(tiny_model_dir) -> None:
-    grammars = Grammars(tiny_model_dir, 4096)
+    grammars = Grammars(tiny_model_dir, VOCAB)
     tokenizer = load_tokenizer(str(tiny_model_dir))
     end = tokenizer.eos_ids[0]
     matcher = grammars.matcher("regex", "[0-9]+")
-    rows = GuidedRows(4096, 2, grammars.eos_tokens())
-    logits = torch.zeros(1, 4096)
+    rows = GuidedRows(VOCAB, 2, grammars.eos_tokens())
+    logits = torch.zeros(1, VOCAB)
     rows.apply(logits, [(0, matcher, (end,))])
     allowed = (logits[0] > -float("inf")).nonzero().flatten().tolist()
     assert end not in allowed
     assert all(tokenizer.tokenizer.decode([t]).isdigit() for t in allowed)
     matcher.consume_token(encode(tokenizer, "7")[0])
-    logits = torch.zeros(1, 4096)
+    logits = torch.zeros(1, VOCAB)
     rows.apply(logits, [(0, matcher, (end,))])
     assert logits[0, end] == 0  # accepting now
 
 
 def test_masks_of_two_rows_are_each_their_own(tiny_model_dir) -> None:
-    grammars = Grammars(tiny_model_dir, 4096)
+    grammars = Grammars(tiny_model_dir, VOCAB)
     tokenizer = load_tokenizer(str(tiny_model_dir))
     digits, letters = grammars.matcher("regex", "[0-9]+"), grammars.matcher("regex", "[a-z]+")
-    logits = torch.zeros(3, 4096)
-    GuidedRows(4096, 4, grammars.eos_tokens()).apply(logits, [(0, digits, ()), (2, letters, ())])
+    logits = torch.zeros(3, VOCAB)
+    GuidedRows(VOCAB, 4, grammars.eos_tokens()).apply(logits, [(0, digits, ()), (2, letters, ())])
     decode = tokenizer.tokenizer.decode
     assert all(decode([t]).isdigit() for t in (logits[0] == 0).nonzero().flatten().tolist())
     assert all(decode([t]).isalpha() for t in (logits[2] == 0).nonzero().flatten().tolist())
@@ -231,7 +232,7 @@ def test_structural_tag_constrains_the_tagged_part(tiny_model_dir) -> None:
         "structures": [{"begin": "<tool>", "schema": PERSON, "end": "</tool>"}],
         "triggers": ["<tool>"],
     }
-    grammars = Grammars(tiny_model_dir, 4096)
+    grammars = Grammars(tiny_model_dir, VOCAB)
     tokenizer = load_tokenizer(str(tiny_model_dir))
     matcher = grammars.matcher("structural_tag", json.dumps(tag))
     assert matcher.consume_tokens(encode(tokenizer, "Sure. <tool>"))
@@ -247,7 +248,7 @@ def test_the_gateways_tool_tag_forces_a_listed_name_and_compact_schema_arguments
 
     city = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
     tag = tool_tag({"get_weather": city, "get_time": city})
-    grammars = Grammars(tiny_model_dir, 4096)
+    grammars = Grammars(tiny_model_dir, VOCAB)
     tokenizer = load_tokenizer(str(tiny_model_dir))
 
     def fresh():
@@ -263,3 +264,35 @@ def test_the_gateways_tool_tag_forces_a_listed_name_and_compact_schema_arguments
     assert fresh().try_consume_tokens(wrong_name) < len(wrong_name)
     spaced = encode(tokenizer, '\n{"name": "get_time", "arguments": { "city"')
     assert fresh().try_consume_tokens(spaced) < len(spaced)  # compact, as json_schema is
+
+
+def test_a_trigger_that_is_an_added_token_is_matched_as_that_token(tiny_model_dir) -> None:
+    # The tiny model writes `<tool_call>` as one added token (as Qwen's tokenizers do), and
+    # llguidance treats added tokens as special: text alone would never match it.
+    from gateway.core.structured import tool_tag
+
+    city = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    grammars = Grammars(tiny_model_dir, VOCAB)
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city":"Paris"}}\n</tool_call>'
+    ids = encode(tokenizer, call)
+    assert ids[0] == tokenizer.tokenizer.token_to_id("<tool_call>")
+    assert ids[-1] == tokenizer.tokenizer.token_to_id("</tool_call>")
+
+    matcher = grammars.matcher("structural_tag", json.dumps(tool_tag({"get_weather": city})))
+
+    assert matcher.consume_tokens(ids) and matcher.is_accepting()
+
+
+def test_free_text_cannot_start_a_tool_call_where_the_tag_is_a_token(tiny_model_dir) -> None:
+    # tool_choice "none" on a tagged template (gateway.core.structured.FREE_TEXT).
+    from gateway.core.structured import FREE_TEXT
+
+    grammars = Grammars(tiny_model_dir, VOCAB)
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    matcher = grammars.matcher("regex", FREE_TEXT)
+
+    assert matcher.consume_tokens(encode(tokenizer, 'It is sunny.\n{"city": "Paris"} </a>'))
+    assert matcher.is_accepting()
+    tag = tokenizer.tokenizer.token_to_id("<tool_call>")
+    assert matcher.try_consume_tokens([tag]) == 0
