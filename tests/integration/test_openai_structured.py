@@ -528,12 +528,9 @@ def test_a_route_without_guided_decoding_says_so_and_refuses_it(
             assert exc.value.body["param"] == param  # type: ignore[index]
 
 
-@pytest.mark.parametrize("stream", [False, True])
-def test_langchain_bind_tools_parses_the_forced_call(
-    gateway: GatewayProcess, model_id: str, stream: bool
-) -> None:
+def _langchain(gateway: GatewayProcess, model_id: str) -> Any:
     langchain_openai = pytest.importorskip("langchain_openai")
-    chat = langchain_openai.ChatOpenAI(
+    return langchain_openai.ChatOpenAI(
         model=model_id,
         base_url=gateway.base_url,
         api_key=gateway.token,
@@ -541,6 +538,13 @@ def test_langchain_bind_tools_parses_the_forced_call(
         max_tokens=96,
         max_retries=0,
     )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_langchain_bind_tools_parses_the_forced_call(
+    gateway: GatewayProcess, model_id: str, stream: bool
+) -> None:
+    chat = _langchain(gateway, model_id)
     bound = chat.bind_tools(TOOLS, tool_choice="get_weather")
     prompt = "What is the weather in Paris?"
     if stream:
@@ -556,15 +560,7 @@ def test_langchain_bind_tools_parses_the_forced_call(
 
 
 def test_langchain_bind_tools_lets_the_model_choose(gateway: GatewayProcess, model_id: str) -> None:
-    langchain_openai = pytest.importorskip("langchain_openai")
-    chat = langchain_openai.ChatOpenAI(
-        model=model_id,
-        base_url=gateway.base_url,
-        api_key=gateway.token,
-        temperature=0,
-        max_tokens=96,
-        max_retries=0,
-    )
+    chat = _langchain(gateway, model_id)
 
     message = chat.bind_tools([WEATHER_TOOL]).invoke("What is the weather in Paris?")
 
