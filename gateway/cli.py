@@ -186,6 +186,9 @@ def _cmd_build_tiny(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.force:
         print(f"model already present at {args.out} (use --force to rebuild)")
         return 0
+    # SIGTERM (a pod or a service manager stopping it) cleans up as Ctrl-C does: no half-built
+    # staging directory is left behind.
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.untrained:
         build_tiny_model(
             args.out, seed=args.seed, steps=0, vision_steps=0, tool_steps=0, evaluate=False
