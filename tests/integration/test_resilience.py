@@ -56,7 +56,8 @@ def balanced(
 
 @pytest.fixture
 def both_up(replicas: list[TritonProcess]) -> Iterator[list[TritonProcess]]:
-    """Every replica is up when the test starts and when it ends."""
+    """Every replica is up when the test starts, and up and idle when it ends: a test that
+    failed with work still in an engine must not make the next one time out as well."""
     for replica in replicas:
         if not replica.is_ready():
             replica.start()
@@ -65,6 +66,19 @@ def both_up(replicas: list[TritonProcess]) -> Iterator[list[TritonProcess]]:
         if not replica.is_ready():
             replica.kill()
             replica.start()
+    if not wait_for(lambda: all(_engine_load(r) == (0, 0) for r in replicas), timeout=120):
+        for replica in replicas:  # still generating: start it afresh
+            replica.kill()
+            replica.start()
+
+
+def _engine_load(replica: TritonProcess) -> tuple[float, float]:
+    """(active, waiting) requests in the replica's engine, from its TensorRT-LLM gauges."""
+    name = "nv_trt_llm_request_metrics"
+    return (
+        metric_value(replica.metrics_url, name, request_type="active"),
+        metric_value(replica.metrics_url, name, request_type="waiting"),
+    )
 
 
 def _client(gateway: GatewayProcess) -> openai.AsyncOpenAI:
@@ -86,6 +100,11 @@ async def _completion(client: openai.AsyncOpenAI, model: str, max_tokens: int) -
 async def _burst(gateway: GatewayProcess, model: str, count: int, max_tokens: int) -> list[Any]:
     async with _client(gateway) as client:
         return await asyncio.gather(*(_completion(client, model, max_tokens) for _ in range(count)))
+
+
+def _errors(results: list[Any]) -> list[str]:
+    """The failures among a burst's results (`_completion` returns them instead of raising)."""
+    return [repr(r) for r in results if isinstance(r, Exception)]
 
 
 def _settle(gateway: GatewayProcess, model: str) -> None:
@@ -143,8 +162,7 @@ def test_killing_a_replica_under_load_fails_no_request_and_ends_its_streams(
             return await burst, await asyncio.gather(*streams), killed
 
     results, streams, killed = asyncio.run(scenario())
-    failed = [str(r) for r in results if isinstance(r, Exception)]
-    assert failed == []
+    assert _errors(results) == []
     assert all(r.usage.completion_tokens == 48 for r in results)
     cut = [at - killed for how, at in streams if how == "error event"]
     assert cut, "no stream was on the killed replica"
@@ -291,31 +309,40 @@ def test_a_storm_of_clients_hanging_up_leaves_the_engine_idle_and_serving(
         "model": model_id, "prompt": "Once upon a time", "max_tokens": 400, "stream": True,
         "ignore_eos": True,
     }  # fmt: skip
+    clients = 200
+    waited: list[float] = []  # each client's wait for its second event
 
     async def hang_up_early(http: httpx.AsyncClient) -> None:
+        start = time.monotonic()
         async with http.stream("POST", f"{balanced.base_url}/completions", json=body) as reply:
             seen = 0
             async for line in reply.aiter_lines():
                 seen += line.startswith("data: ")
                 if seen == 2:
+                    waited.append(time.monotonic() - start)
                     return
 
     async def storm() -> None:
+        # 200 clients queue for 16 engine slots: the last ones legitimately wait for all the
+        # others, so the bound is generous; engines that kept generating for clients that left
+        # are what the idle check below catches.
         limits = httpx.Limits(max_connections=300)
-        async with httpx.AsyncClient(headers=balanced.headers, timeout=60, limits=limits) as http:
-            await asyncio.gather(*(hang_up_early(http) for _ in range(200)))
+        async with httpx.AsyncClient(headers=balanced.headers, timeout=180, limits=limits) as http:
+            await asyncio.gather(*(hang_up_early(http) for _ in range(clients)))
 
-    asyncio.run(storm())
-
-    def idle() -> bool:
-        return all(
-            metric_value(r.metrics_url, "nv_trt_llm_request_metrics", request_type="active") == 0
-            and metric_value(r.metrics_url, "nv_trt_llm_request_metrics", request_type="waiting")
-            == 0
-            for r in both_up
+    started = time.monotonic()
+    try:
+        asyncio.run(storm())
+    except httpx.TimeoutException:
+        pytest.fail(
+            f"{clients - len(waited)} of {clients} clients got no second event in 180 s;"
+            f" engines (active, waiting): {[_engine_load(r) for r in both_up]}"
         )
-
-    assert wait_for(idle, timeout=20), "the engines kept generating for clients that left"
+    took = time.monotonic() - started
+    assert wait_for(lambda: all(_engine_load(r) == (0, 0) for r in both_up), timeout=20), (
+        f"the engines kept generating for clients that left: {[_engine_load(r) for r in both_up]}"
+        f" after a storm of {took:.0f} s"
+    )
     assert wait_for(
         lambda: (
             metric_value(f"{balanced.url}/metrics", "localmoe_upstream_requests_in_flight") == 0
@@ -323,6 +350,7 @@ def test_a_storm_of_clients_hanging_up_leaves_the_engine_idle_and_serving(
         timeout=10,
     )
     results = asyncio.run(_burst(balanced, model_id, 2, 4))
+    assert _errors(results) == []
     assert all(r.usage.completion_tokens == 4 for r in results)
 
 
@@ -342,6 +370,7 @@ def test_engine_aware_balancing_reads_each_replica_and_serves(
     try:
         for _ in range(3):  # readings while both engines have work
             results = asyncio.run(_burst(gateway, model_id, 8, 24))
+            assert _errors(results) == []
             assert all(r.usage.completion_tokens == 24 for r in results)
         served = [_served_by(gateway, r) for r in both_up]
         assert sum(served) == 24 and min(served) > 0, served
