@@ -240,6 +240,19 @@ class TritonProcess:
             proc.wait(timeout=10)
         self._cleanup()
 
+    def freeze(self) -> None:
+        """SIGSTOP the server and its stubs, as a hung host would (failure drills); `thaw`
+        lets them go on."""
+        self._signal_group(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal_group(signal.SIGCONT)
+
+    def _signal_group(self, signum: int) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signum)
+
     def _cleanup(self) -> None:
         # A signal can land between creating the log reader and starting it.
         if self._reader is not None and self._reader.ident is not None:

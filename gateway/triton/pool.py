@@ -49,6 +49,10 @@ log = logging.getLogger("localmoe.triton")
 T = TypeVar("T")
 
 _PROBE_TIMEOUT_S = 1.0
+# Probes in a row without an answer before a server counts as stalled and its streams are cut.
+# One late answer is a busy server (200 streams on 2 cores can delay a probe past 1 s), and
+# cutting streams with responses in flight cancels their RPCs, which wedges Triton 2.51.
+_STALLED_AFTER = 3
 # An upstream whose address left DNS finishes what it carries for at most this long, then closes.
 _RETIRE_GRACE_S = 120.0
 
@@ -272,17 +276,30 @@ class TritonPool:
         return upstream
 
     async def _probe(self, upstream: Upstream) -> None:
+        """Ask `upstream` whether it is ready. An answer (yes, no, or a refused connection)
+        counts at once; silence counts only after `_STALLED_AFTER` probes in a row, and then
+        its streams are cut too: they may never end on their own."""
         try:
             ready = await upstream.client.is_server_ready(client_timeout=_PROBE_TIMEOUT_S)
-        except (InferenceServerException, grpc.RpcError, OSError):
+        except (InferenceServerException, grpc.RpcError, OSError) as exc:
             ready = False
+            if _no_answer(exc):
+                upstream.missed_probes += 1
+                if upstream.missed_probes < _STALLED_AFTER:
+                    log.info(
+                        "upstream %s did not answer its readiness probe in %s s (%d in a row)",
+                        upstream.url, _PROBE_TIMEOUT_S, upstream.missed_probes,
+                    )  # fmt: skip
+                    return  # busy or gone: the next probes tell
+                if upstream.missed_probes == _STALLED_AFTER:
+                    log.warning("upstream %s stopped answering; ending its streams", upstream.url)
+                    upstream.break_streams(attempts.unavailable(upstream, "stopped answering"))
+        else:
+            upstream.missed_probes = 0
         if ready != upstream.ready:
             log.info("upstream %s is %s", upstream.url, "ready" if ready else "not ready")
             if ready:
                 upstream.breaker.recovered()
-            else:
-                # A stream to a server that stopped answering may never end on its own.
-                upstream.break_streams(attempts.unavailable(upstream, "stopped answering"))
         upstream.ready = bool(ready)
 
     async def _probe_forever(self) -> None:
@@ -321,3 +338,10 @@ class TritonPool:
         finally:
             metrics.forget(upstream.url)
             self._retiring.pop(upstream, None)
+
+
+def _no_answer(exc: BaseException) -> bool:
+    """The probe timed out (the server may be busy or hung), rather than being answered."""
+    if isinstance(exc, InferenceServerException):
+        return exc.status() == str(grpc.StatusCode.DEADLINE_EXCEEDED)
+    return isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED

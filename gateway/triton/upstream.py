@@ -73,6 +73,8 @@ class Upstream:
     engine: EngineLoad | None = None
     """The latest reading of its engine gauges (`engine_aware` balancing)."""
     metrics_url: str = ""
+    missed_probes: int = 0
+    """Readiness probes in a row that got no answer in time."""
     _ready: bool = False
     _next_stream: int = 0
 
@@ -145,9 +147,18 @@ class SharedStream:
 
     async def send(self, request: Request) -> None:
         """Write one request message; a call that has ended fails the stream (and with it
-        this request) instead of raising gRPC's `InvalidStateError: RPC already finished`."""
+        this request) instead of raising gRPC's `InvalidStateError: RPC already finished`.
+
+        A caller cancelled meanwhile (its client hung up) leaves the write to finish on its
+        own: grpc.aio cancels the whole call when a write is cancelled, and with it every
+        request on this stream (and Triton 2.51 with responses in flight)."""
         if self.failure is not None:
             raise self.failure
+        write = asyncio.ensure_future(self._write(request))
+        write.add_done_callback(_retrieve)
+        await asyncio.shield(write)
+
+    async def _write(self, request: Request) -> None:
         async with self._write_turn:
             if self.failure is not None:
                 raise self.failure
@@ -202,6 +213,12 @@ class SharedStream:
         for inbox in self._inboxes.values():
             inbox.put(error)
         self._inboxes.clear()
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    # A write whose caller was cancelled fails unseen: its stream's failure tells the rest.
+    if not task.cancelled():
+        task.exception()
 
 
 class _Inbox:

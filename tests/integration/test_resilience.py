@@ -302,6 +302,72 @@ def _served_by_url(gateway: GatewayProcess, url: str) -> float:
     return metric_value(f"{gateway.url}/metrics", OK, upstream=url, outcome="ok")
 
 
+def _long_stream(
+    gateway: GatewayProcess, model: str, paused: TritonProcess, pause_s: float
+) -> tuple[Any, float, float]:
+    """Stream 120 tokens through `gateway`, with `paused` frozen for `pause_s` seconds right
+    after the first one; the stream's last chunk, or the error that ended it, and when."""
+
+    async def scenario() -> tuple[Any, float, float]:
+        async with _client(gateway) as client:
+            stream = await client.completions.create(
+                model=model, prompt="Once upon a time", max_tokens=120, stream=True,
+                extra_body={"ignore_eos": True},
+            )  # fmt: skip
+            last: Any = None
+            frozen_at = 0.0
+            try:
+                async for chunk in stream:
+                    last = chunk
+                    if not frozen_at:
+                        paused.freeze()
+                        frozen_at = time.monotonic()
+                        asyncio.get_running_loop().call_later(pause_s, paused.thaw)
+            except openai.APIError as exc:
+                last = exc
+            return last, frozen_at, time.monotonic()
+
+    try:
+        return asyncio.run(scenario())
+    finally:
+        paused.thaw()
+
+
+def test_a_replica_that_stalls_for_one_probe_keeps_its_streams(
+    both_up: list[TritonProcess], model_id: str, tmp_path: Path
+) -> None:
+    replica = both_up[0]
+    gateway = start_gateway(
+        tmp_path, triton_urls=[replica.grpc_url], config={"cache": {"enabled": False}}
+    )
+    try:
+        last, _, _ = _long_stream(gateway, model_id, replica, pause_s=2.5)
+        assert not isinstance(last, Exception), last
+        assert last.choices[0].finish_reason == "length"
+        assert "did not answer its readiness probe" in gateway.log()  # the stall was seen
+        assert "stopped answering" not in gateway.log()
+    finally:
+        stop_gateway(gateway)
+
+
+def test_a_replica_that_stops_answering_has_its_streams_ended(
+    both_up: list[TritonProcess], model_id: str, tmp_path: Path
+) -> None:
+    replica = both_up[0]
+    gateway = start_gateway(
+        tmp_path, triton_urls=[replica.grpc_url], config={"cache": {"enabled": False}}
+    )
+    try:
+        last, frozen_at, ended_at = _long_stream(gateway, model_id, replica, pause_s=30)
+        assert isinstance(last, openai.APIError), last  # an error event, not a hang
+        assert ended_at - frozen_at < 25
+        assert "stopped answering" in gateway.log()
+    finally:
+        stop_gateway(gateway)
+        replica.kill()  # its RPCs were cancelled with responses in flight: start it afresh
+        replica.start()
+
+
 def test_a_storm_of_clients_hanging_up_leaves_the_engine_idle_and_serving(
     balanced: GatewayProcess, both_up: list[TritonProcess], model_id: str
 ) -> None:
