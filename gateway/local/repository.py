@@ -38,6 +38,8 @@ PROFILES: dict[str, dict[str, str]] = {
         "engine_num_threads": str(max(1, (os.cpu_count() or 2) // 2)),
         "preprocessing_instance_count": "1",
         "postprocessing_instance_count": "1",
+        # One: a `stop` finds its request by id in this instance's memory (Triton may hand it
+        # to another instance); scale with replicas.
         "bls_instance_count": "1",
         # Images: at most this many per request inside Triton (the gateway has its own limit);
         # concurrent image requests wait up to the delay to be encoded in one call.

@@ -142,6 +142,8 @@ def plan(
         "checkpoint_dir": str(model_dir),
         "preprocessing_instance_count": "4",
         "postprocessing_instance_count": "4",
+        # One: a `stop` finds its request by id in this instance's memory (Triton may hand it
+        # to another instance); scale with replicas.
         "bls_instance_count": "1",
     }
     engine_parameters = {
