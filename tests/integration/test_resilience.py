@@ -333,37 +333,36 @@ def _long_stream(
         paused.thaw()
 
 
-def test_a_replica_that_stalls_for_one_probe_keeps_its_streams(
-    both_up: list[TritonProcess], model_id: str, tmp_path: Path
-) -> None:
-    replica = both_up[0]
+@pytest.fixture
+def gateway_on_one(both_up: list[TritonProcess], tmp_path: Path) -> Iterator[GatewayProcess]:
+    """A gateway of its own on the first replica only, so a stream is sure to be on it."""
     gateway = start_gateway(
-        tmp_path, triton_urls=[replica.grpc_url], config={"cache": {"enabled": False}}
+        tmp_path, triton_urls=[both_up[0].grpc_url], config={"cache": {"enabled": False}}
     )
-    try:
-        last, _, _ = _long_stream(gateway, model_id, replica, pause_s=2.5)
-        assert not isinstance(last, Exception), last
-        assert last.choices[0].finish_reason == "length"
-        assert "did not answer its readiness probe" in gateway.log()  # the stall was seen
-        assert "stopped answering" not in gateway.log()
-    finally:
-        stop_gateway(gateway)
+    yield gateway
+    stop_gateway(gateway)
+
+
+def test_a_replica_that_stalls_for_one_probe_keeps_its_streams(
+    gateway_on_one: GatewayProcess, both_up: list[TritonProcess], model_id: str
+) -> None:
+    last, _, _ = _long_stream(gateway_on_one, model_id, both_up[0], pause_s=2.5)
+    assert not isinstance(last, Exception), last
+    assert last.choices[0].finish_reason == "length"
+    assert "did not answer its readiness probe" in gateway_on_one.log()  # the stall was seen
+    assert "stopped answering" not in gateway_on_one.log()
 
 
 def test_a_replica_that_stops_answering_has_its_streams_ended(
-    both_up: list[TritonProcess], model_id: str, tmp_path: Path
+    gateway_on_one: GatewayProcess, both_up: list[TritonProcess], model_id: str
 ) -> None:
     replica = both_up[0]
-    gateway = start_gateway(
-        tmp_path, triton_urls=[replica.grpc_url], config={"cache": {"enabled": False}}
-    )
     try:
-        last, frozen_at, ended_at = _long_stream(gateway, model_id, replica, pause_s=30)
+        last, frozen_at, ended_at = _long_stream(gateway_on_one, model_id, replica, pause_s=30)
         assert isinstance(last, openai.APIError), last  # an error event, not a hang
         assert ended_at - frozen_at < 25
-        assert "stopped answering" in gateway.log()
+        assert "stopped answering" in gateway_on_one.log()
     finally:
-        stop_gateway(gateway)
         replica.kill()  # its RPCs were cancelled with responses in flight: start it afresh
         replica.start()
 
