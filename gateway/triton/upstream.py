@@ -185,7 +185,7 @@ class SharedStream:
 
     async def _send_stop(self, request: Request) -> None:
         try:
-            await self.send(request)
+            await self._write(request)  # already a task of its own: nothing to shield it from
         except Exception as exc:  # best effort: the end of the call stops it anyway
             log.debug("could not stop request %s: %s", request.id, exc)
 
